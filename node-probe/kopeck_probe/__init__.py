@@ -1,0 +1,1 @@
+"""kopeck node-probe: per-pod usage from cgroups, eBPF and flow records."""

@@ -1,0 +1,1 @@
+"""kopeck: a Kubernetes cost operator (shared core and operator)."""

@@ -1,0 +1,305 @@
+"""CostPolicy: what the platform team wants (prices, budget, enforcement, rightsizing).
+
+Cluster-scoped, so a team cannot delete its own budget. The CRD schema, including the CEL
+rules below, is generated from these models by ``kopeck crds``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from kopeck.api.common import (
+    Condition,
+    Duration,
+    KopeckModel,
+    LabelSelector,
+    MoneyString,
+    PositiveDecimal,
+    Price,
+    Quantity,
+    StatusModel,
+    Timestamp,
+)
+
+Enforcement = Literal["Deny", "Warn", "Audit"]
+BudgetPeriod = Literal["Daily", "Weekly", "Monthly"]
+Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+HHMM = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", max_length=5)]
+
+
+class Scope(KopeckModel):
+    """Which namespaces and workloads the policy governs."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.selector) || "
+                    "(has(self.selector.matchLabels) && size(self.selector.matchLabels) > 0) || "
+                    "(has(self.selector.matchExpressions) && "
+                    "size(self.selector.matchExpressions) > 0)",
+                    "message": "scope.selector must not be empty when given: "
+                    "set matchLabels or matchExpressions, or leave selector out",
+                    "fieldPath": ".selector",
+                }
+            ]
+        }
+    }
+
+    namespace_selector: LabelSelector = Field(default_factory=LabelSelector)
+    """Namespaces the policy applies to; an empty selector matches every namespace."""
+    selector: LabelSelector | None = None
+    """Optional workload label selector; when given it must not be empty."""
+    priority: int = Field(default=0, ge=0, le=1000)
+    """The highest-priority matching policy wins; ties are broken by name."""
+
+
+class NetworkRates(KopeckModel):
+    """Price per GiB of traffic by where it goes."""
+
+    intra_zone_per_gi_b: Price = Decimal(0)
+    """Traffic within one zone (usually free)."""
+    cross_zone_per_gi_b: Price = Decimal("0.01")
+    """Traffic between zones of one region."""
+    cross_region_per_gi_b: Price = Decimal("0.02")
+    """Traffic between regions."""
+    internet_per_gi_b: Price = Decimal("0.09")
+    """Traffic to or from addresses outside the cluster's networks."""
+
+
+class RateCard(KopeckModel):
+    """Prices per unit of resource, as a cloud's on-demand list prices."""
+
+    cpu_core_hour: Price
+    """Price of one CPU core for one hour."""
+    memory_gi_b_hour: Price
+    """Price of one GiB of memory for one hour."""
+    gpu_hour: Price = Decimal(0)
+    """Price of one GPU for one hour."""
+    storage_gi_b_month: Price = Decimal(0)
+    """Price of one GiB of persistent volume for one month (730 hours)."""
+    network: NetworkRates = Field(default_factory=NetworkRates)
+    """Network prices by traffic class."""
+
+
+class PriceBook(KopeckModel):
+    """Whole-node prices by instance type, split into CPU and memory as OpenCost does."""
+
+    instance_types: dict[str, Price] = Field(min_length=1)
+    """Price per hour of a node, keyed by its node.kubernetes.io/instance-type label."""
+    default_price_per_hour: Price | None = None
+    """Price per hour of a node whose instance type is not listed."""
+    cpu_to_memory_cost_ratio: PositiveDecimal = Decimal(8)
+    """How many GiB-hours of memory cost as much as one core-hour."""
+
+
+class NodeOverride(KopeckModel):
+    """Prices for the nodes that carry given labels (spot pools, reserved capacity, GPUs)."""
+
+    node_selector: dict[str, str] = Field(min_length=1)
+    """Labels a node must carry for this override to apply."""
+    rate_card: RateCard | None = None
+    """Rate card for these nodes."""
+    price_per_hour: Price | None = None
+    """Whole-node price per hour for these nodes, split like the price book."""
+
+
+class Pricing(KopeckModel):
+    """How usage turns into money: a rate card and/or a node price book."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.rateCard) || has(self.priceBook)",
+                    "message": "pricing needs a rateCard, a priceBook, or both",
+                }
+            ]
+        }
+    }
+
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    """ISO 4217 currency code of every price in this policy."""
+    rate_card: RateCard | None = None
+    """Per-resource prices."""
+    price_book: PriceBook | None = None
+    """Per-instance-type node prices."""
+    node_overrides: list[NodeOverride] | None = None
+    """Per-node price overrides chosen by node labels; the first match wins."""
+
+
+class Budget(KopeckModel):
+    """A spending limit per period and what to do when a change would break it."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.thresholds) || self.thresholds.isSorted()",
+                    "message": "budget.thresholds must be in ascending order, e.g. [50, 80, 100]",
+                    "fieldPath": ".thresholds",
+                }
+            ]
+        }
+    }
+
+    amount: PositiveDecimal
+    """The budget for one period, in the policy's currency."""
+    period: BudgetPeriod = "Monthly"
+    """Daily, Weekly (from Monday 00:00 UTC) or Monthly (calendar month, UTC)."""
+    thresholds: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        default_factory=lambda: [50, 80, 100], max_length=10
+    )
+    """Percentages of the budget at which an Event and condition are raised, ascending."""
+    enforcement: Enforcement = "Warn"
+    """Deny refuses changes that would exceed the budget; Warn admits with a warning;
+    Audit admits and records an Event."""
+    failure_policy: Literal["Ignore", "Fail"] = "Ignore"
+    """What the apiserver does when the webhook cannot be reached."""
+
+
+class Exemptions(KopeckModel):
+    """Workloads that budgets and rightsizing leave alone."""
+
+    namespaces: list[str] | None = None
+    """Namespaces never enforced against nor proposed for."""
+    selector: LabelSelector | None = None
+    """Workloads whose labels match are exempt."""
+
+
+class TimeWindow(KopeckModel):
+    """A recurring window in which no change is proposed or enforced (e.g. business hours)."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.start < self.end",
+                    "message": "window start must be before end (HH:MM, 24h clock)",
+                }
+            ]
+        }
+    }
+
+    name: str | None = None
+    """A label for humans."""
+    days: list[Weekday] = Field(
+        default_factory=lambda: ["Mon", "Tue", "Wed", "Thu", "Fri"], min_length=1
+    )
+    """Days of the week the window is open."""
+    start: HHMM
+    """Start time, HH:MM."""
+    end: HHMM
+    """End time, HH:MM (exclusive)."""
+    time_zone: str = "UTC"
+    """IANA time zone of start and end, e.g. Europe/Berlin."""
+    applies_to: list[Literal["Rightsizing", "Enforcement"]] = Field(
+        default_factory=lambda: ["Rightsizing"], min_length=1
+    )
+    """What the window suspends."""
+    selector: LabelSelector | None = None
+    """Only workloads matching this selector are affected; all when left out."""
+
+
+class Rightsizing(KopeckModel):
+    """How requests are proposed from observed usage."""
+
+    mode: Literal["Off", "Propose"] = "Off"
+    """Propose writes proposals to Allocations and admission warnings."""
+    cpu_percentile: int = Field(default=95, ge=50, le=100)
+    """The CPU request proposed is this percentile of observed usage."""
+    memory_headroom_percent: int = Field(default=15, ge=0, le=200)
+    """The memory request proposed is the peak plus this much."""
+    history_window: Duration = "168h"
+    """How much history the recommender considers."""
+    min_samples: int = Field(default=12, ge=1)
+    """No proposal before this many reports of a container."""
+    min_cpu: Quantity = "10m"
+    """Smallest CPU request ever proposed."""
+    min_memory: Quantity = "20Mi"
+    """Smallest memory request ever proposed."""
+
+
+class Anomaly(KopeckModel):
+    """Spend-rate anomaly detection."""
+
+    enabled: bool = True
+    """Turn detection off for noisy, spiky namespaces."""
+    sensitivity: Literal["Low", "Medium", "High"] = "Medium"
+    """High flags smaller deviations from the baseline."""
+    warm_up_samples: int = Field(default=12, ge=1)
+    """Reports needed before the baseline is trusted; until then the static threshold applies."""
+    static_threshold_multiplier: PositiveDecimal = Decimal(5)
+    """During warm-up: a spend rate this many times the budget's even rate is an anomaly."""
+
+
+class CostPolicySpec(KopeckModel):
+    """What the platform team wants for the namespaces in scope."""
+
+    scope: Scope = Field(default_factory=Scope)
+    """Which namespaces and workloads this policy governs."""
+    pricing: Pricing
+    """How usage is priced."""
+    budget: Budget | None = None
+    """Optional spending limit and its enforcement."""
+    exemptions: Exemptions | None = None
+    """Workloads neither enforced against nor proposed for."""
+    windows: list[TimeWindow] | None = Field(default=None, max_length=32)
+    """Recurring windows in which no change is proposed or enforced."""
+    rightsizing: Rightsizing = Field(default_factory=Rightsizing)
+    """Rightsizing proposals."""
+    anomaly: Anomaly = Field(default_factory=Anomaly)
+    """Spend-rate anomaly detection."""
+
+    @model_validator(mode="after")
+    def _selector_not_empty(self) -> CostPolicySpec:
+        if self.scope.selector is not None and self.scope.selector.is_empty():
+            raise ValueError("scope.selector must not be empty when given")
+        return self
+
+
+class Reservation(StatusModel):
+    """Spend promised to an admitted change that real usage has not yet taken over."""
+
+    key: str
+    """namespace/kind/name of the workload."""
+    amount: MoneyString
+    """The projected spend to the end of the period reserved for it."""
+    expires: Timestamp
+    """When the reservation lapses if usage never shows up."""
+
+
+class CostPolicyStatus(StatusModel):
+    """What the operator observed for this policy's period."""
+
+    period: str | None = None
+    """The current billing period, e.g. 2026-11 or 2026-W47 or 2026-11-23."""
+    period_start: Timestamp | None = None
+    """Start of the current period."""
+    period_end: Timestamp | None = None
+    """End of the current period (exclusive)."""
+    currency: str | None = None
+    """Currency of the figures below."""
+    spent: MoneyString | None = None
+    """Money spent so far this period by workloads in scope."""
+    forecast: MoneyString | None = None
+    """Spend expected at the end of the period at the current run rate."""
+    remaining: MoneyString | None = None
+    """Budget left this period (negative when exceeded)."""
+    reserved: MoneyString | None = None
+    """Spend reserved by admitted changes not yet visible in usage."""
+    reservations: list[Reservation] | None = None
+    """The reservations that make up reserved."""
+    matched_namespaces: list[str] | None = None
+    """Namespaces this policy currently governs."""
+    thresholds_crossed: list[int] | None = None
+    """Budget thresholds already announced this period."""
+    silent_nodes: list[str] | None = None
+    """Nodes whose probe has not reported for three intervals."""
+    conditions: list[Condition] | None = None
+    """Ready, BudgetWarning, BudgetExceeded, AnomalyDetected, ProbesReporting."""
+    observed_generation: int | None = None
+    """The .metadata.generation this status reflects."""

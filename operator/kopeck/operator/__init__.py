@@ -1,0 +1,1 @@
+"""kopeck.operator."""
