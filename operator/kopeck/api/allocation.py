@@ -6,6 +6,7 @@ stay as immutable ledger records labelled ``cost.kopeck.io/period``.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import Field
@@ -103,19 +104,19 @@ class Cost(StatusModel):
 
     currency: str = "USD"
     """ISO 4217 currency code."""
-    cpu: MoneyString = Field(default=0)
+    cpu: MoneyString = Field(default=Decimal(0))
     """CPU: max(request, usage) x rate."""
-    memory: MoneyString = Field(default=0)
+    memory: MoneyString = Field(default=Decimal(0))
     """Memory: max(request, usage) x rate."""
-    gpu: MoneyString = Field(default=0)
+    gpu: MoneyString = Field(default=Decimal(0))
     """GPUs by request."""
-    network: MoneyString = Field(default=0)
+    network: MoneyString = Field(default=Decimal(0))
     """Network bytes x class rate."""
-    storage: MoneyString = Field(default=0)
+    storage: MoneyString = Field(default=Decimal(0))
     """Persistent volumes by size."""
-    idle: MoneyString = Field(default=0)
+    idle: MoneyString = Field(default=Decimal(0))
     """This workload's share of unallocated node cost (when idle sharing is on)."""
-    total: MoneyString = Field(default=0)
+    total: MoneyString = Field(default=Decimal(0))
     """Sum of the above."""
 
 
@@ -152,7 +153,7 @@ class Proposal(StatusModel):
 
     containers: list[ContainerProposal] = Field(default_factory=list)
     """Per-container proposals."""
-    monthly_savings: MoneyString = Field(default=0)
+    monthly_savings: MoneyString = Field(default=Decimal(0))
     """Estimated savings per 730-hour month at current prices and replicas."""
     source: Literal["Histogram", "Prometheus"] = "Histogram"
     """Where the usage history came from."""

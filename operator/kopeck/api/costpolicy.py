@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from kopeck.api.common import (
     Condition,
@@ -27,14 +27,16 @@ from kopeck.api.common import (
 Enforcement = Literal["Deny", "Warn", "Audit"]
 BudgetPeriod = Literal["Daily", "Weekly", "Monthly"]
 Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+Gate = Literal["Rightsizing", "Enforcement"]
+WORKDAYS: tuple[Weekday, ...] = ("Mon", "Tue", "Wed", "Thu", "Fri")
 HHMM = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", max_length=5)]
 
 
 class Scope(KopeckModel):
     """Which namespaces and workloads the policy governs."""
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "x-kubernetes-validations": [
                 {
                     "rule": "!has(self.selector) || "
@@ -47,7 +49,7 @@ class Scope(KopeckModel):
                 }
             ]
         }
-    }
+    )
 
     namespace_selector: LabelSelector = Field(default_factory=LabelSelector)
     """Namespaces the policy applies to; an empty selector matches every namespace."""
@@ -110,8 +112,8 @@ class NodeOverride(KopeckModel):
 class Pricing(KopeckModel):
     """How usage turns into money: a rate card and/or a node price book."""
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "x-kubernetes-validations": [
                 {
                     "rule": "has(self.rateCard) || has(self.priceBook)",
@@ -119,7 +121,7 @@ class Pricing(KopeckModel):
                 }
             ]
         }
-    }
+    )
 
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     """ISO 4217 currency code of every price in this policy."""
@@ -134,8 +136,8 @@ class Pricing(KopeckModel):
 class Budget(KopeckModel):
     """A spending limit per period and what to do when a change would break it."""
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "x-kubernetes-validations": [
                 {
                     "rule": "!has(self.thresholds) || self.thresholds.isSorted()",
@@ -144,7 +146,7 @@ class Budget(KopeckModel):
                 }
             ]
         }
-    }
+    )
 
     amount: PositiveDecimal
     """The budget for one period, in the policy's currency."""
@@ -173,8 +175,8 @@ class Exemptions(KopeckModel):
 class TimeWindow(KopeckModel):
     """A recurring window in which no change is proposed or enforced (e.g. business hours)."""
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "x-kubernetes-validations": [
                 {
                     "rule": "self.start < self.end",
@@ -182,13 +184,11 @@ class TimeWindow(KopeckModel):
                 }
             ]
         }
-    }
+    )
 
     name: str | None = None
     """A label for humans."""
-    days: list[Weekday] = Field(
-        default_factory=lambda: ["Mon", "Tue", "Wed", "Thu", "Fri"], min_length=1
-    )
+    days: list[Weekday] = Field(default_factory=lambda: list(WORKDAYS), min_length=1)
     """Days of the week the window is open."""
     start: HHMM
     """Start time, HH:MM."""
@@ -196,9 +196,7 @@ class TimeWindow(KopeckModel):
     """End time, HH:MM (exclusive)."""
     time_zone: str = "UTC"
     """IANA time zone of start and end, e.g. Europe/Berlin."""
-    applies_to: list[Literal["Rightsizing", "Enforcement"]] = Field(
-        default_factory=lambda: ["Rightsizing"], min_length=1
-    )
+    applies_to: list[Gate] = Field(default_factory=lambda: ["Rightsizing"], min_length=1)
     """What the window suspends."""
     selector: LabelSelector | None = None
     """Only workloads matching this selector are affected; all when left out."""
