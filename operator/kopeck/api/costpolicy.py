@@ -28,6 +28,7 @@ Enforcement = Literal["Deny", "Warn", "Audit"]
 BudgetPeriod = Literal["Daily", "Weekly", "Monthly"]
 Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 Gate = Literal["Rightsizing", "Enforcement"]
+DEFAULT_GATES: tuple[Gate, ...] = ("Rightsizing",)
 WORKDAYS: tuple[Weekday, ...] = ("Mon", "Tue", "Wed", "Thu", "Fri")
 HHMM = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", max_length=5)]
 
@@ -196,7 +197,7 @@ class TimeWindow(KopeckModel):
     """End time, HH:MM (exclusive)."""
     time_zone: str = "UTC"
     """IANA time zone of start and end, e.g. Europe/Berlin."""
-    applies_to: list[Gate] = Field(default_factory=lambda: ["Rightsizing"], min_length=1)
+    applies_to: list[Gate] = Field(default_factory=lambda: list(DEFAULT_GATES), min_length=1)
     """What the window suspends."""
     selector: LabelSelector | None = None
     """Only workloads matching this selector are affected; all when left out."""
