@@ -212,6 +212,9 @@ class AllocationStatus(StatusModel):
     """Printer-column strings."""
     last_report: LastReport | None = None
     """The newest report folded in."""
+    folded: dict[str, str] | None = None
+    """Per node/bootId, the report sequence ranges already folded in (e.g. 0-41,43-50):
+    a resent report is folded only into records that do not hold it."""
     conditions: list[Condition] | None = None
     """Idle, Rightsizable, Anomalous."""
     observed_generation: int | None = None
