@@ -45,8 +45,8 @@ class NetCounterReader(Protocol):
         """Which reader this is, for logs and the probe's health metrics."""
         ...
 
-    def read(self) -> Mapping[CounterKey, Counters]:
-        """Cumulative counters now, keyed as CounterKey says for this reader's kind."""
+    def read(self) -> Mapping[int, Counters] | Mapping[str, Counters]:
+        """Cumulative counters now: int cgroup ids for "ebpf", str veth names for "veth"."""
         ...
 
     def close(self) -> None:

@@ -63,7 +63,9 @@ def _add_and_allow(a: Assembler, label: str) -> None:
 def counter_program(counts_fd: int, missed_fd: int, direction: int) -> bytes:
     """The program's instructions for one direction, with the two map fds baked in."""
     if direction not in (INGRESS, EGRESS):
-        raise ValueError(f"direction must be {INGRESS} (ingress) or {EGRESS} (egress), not {direction}")
+        raise ValueError(
+            f"direction must be {INGRESS} (ingress) or {EGRESS} (egress), not {direction}"
+        )
     a = Assembler()
     a.mov64_reg(6, 1)  # r6 = skb
     a.ldx("w", 7, 6, SKB_LEN_OFF)  # r7 = skb->len

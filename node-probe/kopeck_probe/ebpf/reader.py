@@ -29,7 +29,6 @@ from .program import (
     MISSED_KEY,
     VALUE,
     counter_program,
-    pack_key,
     sum_percpu,
     unpack_key,
 )
@@ -125,7 +124,9 @@ class EbpfReader:
     def _open(self) -> None:
         self._cgroup_fd = self._own(os.open(self.cgroup_parent, os.O_RDONLY | os.O_DIRECTORY))
         self._counts_fd = self._own(
-            sc.map_create(sc.MAP_TYPE_PERCPU_HASH, KEY.size, VALUE.size, self.max_entries, "kopeck_counts")
+            sc.map_create(
+                sc.MAP_TYPE_PERCPU_HASH, KEY.size, VALUE.size, self.max_entries, "kopeck_counts"
+            )
         )
         self._missed_fd = self._own(
             sc.map_create(sc.MAP_TYPE_PERCPU_ARRAY, MISSED_KEY.size, VALUE.size, 1, "kopeck_missed")
@@ -136,7 +137,9 @@ class EbpfReader:
         ):
             insns = counter_program(self._counts_fd, self._missed_fd, direction)
             prog_fd = self._own(
-                sc.prog_load(sc.PROG_TYPE_CGROUP_SKB, insns, LICENSE, name, expected_attach_type=attach_type)
+                sc.prog_load(
+                    sc.PROG_TYPE_CGROUP_SKB, insns, LICENSE, name, expected_attach_type=attach_type
+                )
             )
             self.prog_fds[attach_type] = prog_fd
             if self.attach_mode == "link":

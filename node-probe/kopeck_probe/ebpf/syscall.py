@@ -56,7 +56,14 @@ PROG_INFO_RUN_CNT_OFF: Final = 200
 
 ENOTSUPP: Final = 524  # the kernel-internal "not supported" some commands leak to user space
 
-_SYSCALL_NR: Final = {"x86_64": 321, "aarch64": 280, "arm64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
+_SYSCALL_NR: Final = {
+    "x86_64": 321,
+    "aarch64": 280,
+    "arm64": 280,
+    "riscv64": 280,
+    "ppc64le": 361,
+    "s390x": 351,
+}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -86,7 +93,11 @@ def _nr() -> int:
 
 def bpf(cmd: int, attr: bytes | bytearray | ctypes.Array[ctypes.c_char], what: str) -> int:
     """Issue one bpf() call; returns its non-negative result or raises BpfError."""
-    buf = attr if isinstance(attr, ctypes.Array) else ctypes.create_string_buffer(bytes(attr), len(attr))
+    buf = (
+        attr
+        if isinstance(attr, ctypes.Array)
+        else ctypes.create_string_buffer(bytes(attr), len(attr))
+    )
     ret = _libc.syscall(ctypes.c_long(_nr()), ctypes.c_long(cmd), buf, ctypes.c_uint(len(buf)))
     if ret < 0:
         raise BpfError(ctypes.get_errno(), what)
@@ -100,7 +111,9 @@ def addr(buf: ctypes.Array[ctypes.c_char] | ctypes.Array[ctypes.c_ubyte]) -> int
 
 def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: str) -> int:
     """Create a map and return its fd."""
-    attr = struct.pack("<7I16s", map_type, key_size, value_size, max_entries, 0, 0, 0, name.encode()[:15])
+    attr = struct.pack(
+        "<7I16s", map_type, key_size, value_size, max_entries, 0, 0, 0, name.encode()[:15]
+    )
     return bpf(MAP_CREATE, attr.ljust(48, b"\0"), f"map create {name!r}")
 
 
@@ -126,7 +139,11 @@ def map_lookup_and_delete(map_fd: int, key: bytes, value_size: int) -> bytes | N
     kbuf = ctypes.create_string_buffer(key, len(key))
     vbuf = ctypes.create_string_buffer(value_size)
     try:
-        bpf(MAP_LOOKUP_AND_DELETE_ELEM, _elem_attr(map_fd, kbuf, addr(vbuf), 0), "map lookup-and-delete")
+        bpf(
+            MAP_LOOKUP_AND_DELETE_ELEM,
+            _elem_attr(map_fd, kbuf, addr(vbuf), 0),
+            "map lookup-and-delete",
+        )
     except BpfError as e:
         if e.errno == errno.ENOENT:
             return None
@@ -259,7 +276,7 @@ def prog_load(
             return attempt(1, logbuf)  # loads now only if the first failure was transient
         except BpfError as e:
             log = logbuf.value.decode(errors="replace").strip()
-            raise BpfError(e.errno, e.what, log) from None
+            raise BpfError(e.errno or errno.EINVAL, e.what, log) from None
 
 
 def prog_attach(cgroup_fd: int, prog_fd: int, attach_type: int, flags: int = F_ALLOW_MULTI) -> None:
