@@ -216,6 +216,7 @@ class LocalCluster:
             server=self.server,
             ca_file=self.ca_file,
             kubectl_path=self.bins.kubectl,
+            kube_cache_dir=self.directory / "kube-cache",
         )
 
     def env(self) -> dict[str, str]:

@@ -34,11 +34,16 @@ class ClusterHandle:
     server: str
     ca_file: Path | None
     kubectl_path: Path
+    kube_cache_dir: Path | None = None
+    """kubectl's discovery cache; per cluster, since a port reused by a new cluster would
+    otherwise be answered from the old cluster's cached discovery."""
 
     def env(self) -> dict[str, str]:
         """The process environment with KUBECONFIG pointing at this cluster."""
         env = dict(os.environ)
         env["KUBECONFIG"] = str(self.kubeconfig)
+        if self.kube_cache_dir is not None:
+            env["KUBECACHEDIR"] = str(self.kube_cache_dir)
         return env
 
     def kubectl(
