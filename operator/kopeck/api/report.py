@@ -106,6 +106,8 @@ class Gap(KopeckModel):
     """First dropped sequence number."""
     to_seq: int
     """Last dropped sequence number."""
+    boot_id: str | None = None
+    """Boot id of the dropped reports, when it is not the carrying report's."""
 
 
 class NodeInfo(KopeckModel):

@@ -1,0 +1,192 @@
+"""Prometheus exposition of the probe's figures and its own health.
+
+The figures are the reports' figures, folded into running totals when each report is cut,
+so /metrics and the operator's Allocations agree. A custom collector renders them at scrape
+time, so series of ended pods disappear without label bookkeeping.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from kopeck.api.report import PodUsage
+
+
+@dataclass
+class _Container:
+    cpu_seconds: float = 0.0
+    memory_working_set: int = 0
+    io_read: int = 0
+    io_write: int = 0
+
+
+@dataclass
+class _Pod:
+    namespace: str
+    name: str
+    cpu_seconds: float = 0.0
+    memory_working_set: int = 0
+    memory_byte_seconds: float = 0.0
+    net: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    containers: dict[str, _Container] = field(default_factory=dict)
+
+
+@dataclass
+class Health:
+    """The probe's own counters; the probe loop updates them in place."""
+
+    cycles: int = 0
+    cgroup_reads: int = 0
+    read_errors: int = 0
+    sample_seconds: float = 0.0
+    reports_built: int = 0
+    threshold_pushes: int = 0
+    reports_buffered: int = 0
+    reports_dropped: int = 0
+    pushes: int = 0
+    push_failures: int = 0
+    push_lag_seconds: float = 0.0
+    network_errors: int = 0
+
+
+class ProbeMetrics(Collector):
+    """Running per-pod totals and probe health, rendered on each scrape."""
+
+    def __init__(self) -> None:
+        self.health = Health()
+        self._pods: dict[str, _Pod] = {}
+        self._lock = threading.Lock()
+
+    def fold(self, pods: Iterable[PodUsage]) -> None:
+        """Add one report's pods to the running totals; ended pods are dropped after it."""
+        with self._lock:
+            for p in pods:
+                cur = self._pods.get(p.uid)
+                if cur is None:
+                    cur = self._pods[p.uid] = _Pod(p.namespace or "", p.name or "")
+                if p.namespace:
+                    cur.namespace, cur.name = p.namespace, p.name or ""
+                cur.cpu_seconds += p.cpu_core_seconds
+                cur.memory_working_set = p.memory_working_set_bytes
+                cur.memory_byte_seconds += p.memory_byte_seconds
+                for n in p.network:
+                    key = (n.direction, n.traffic_class, n.source)
+                    cur.net[key] = cur.net.get(key, 0) + n.bytes
+                for c in p.containers:
+                    label = c.name or (c.container_id or "")[:12]
+                    cc = cur.containers.setdefault(label, _Container())
+                    cc.cpu_seconds += c.cpu_core_seconds
+                    cc.memory_working_set = c.memory_working_set_bytes
+                    cc.io_read += c.io_read_bytes
+                    cc.io_write += c.io_write_bytes
+                if p.ended:
+                    del self._pods[p.uid]
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        """Render every family (called by prometheus_client on scrape)."""
+        pl = ["namespace", "pod", "uid"]
+        cl = [*pl, "container"]
+        cpu = CounterMetricFamily(
+            "kopeck_pod_cpu_seconds",
+            "CPU core-seconds charged to the pod (kernel accounting)",
+            labels=pl,
+        )
+        mem = GaugeMetricFamily(
+            "kopeck_pod_memory_working_set_bytes",
+            "Pod working set (usage minus inactive file)",
+            labels=pl,
+        )
+        mbs = CounterMetricFamily(
+            "kopeck_pod_memory_byte_seconds", "Pod working set integrated over time", labels=pl
+        )
+        net = CounterMetricFamily(
+            "kopeck_pod_network_bytes",
+            "Pod network bytes",
+            labels=[*pl, "direction", "class", "source"],
+        )
+        ccpu = CounterMetricFamily(
+            "kopeck_container_cpu_seconds", "CPU core-seconds charged to the container", labels=cl
+        )
+        cmem = GaugeMetricFamily(
+            "kopeck_container_memory_working_set_bytes", "Container working set", labels=cl
+        )
+        cio = CounterMetricFamily(
+            "kopeck_container_io_bytes", "Container block I/O bytes", labels=[*cl, "op"]
+        )
+        with self._lock:
+            for uid, p in self._pods.items():
+                lv = [p.namespace, p.name, uid]
+                cpu.add_metric(lv, p.cpu_seconds)
+                mem.add_metric(lv, p.memory_working_set)
+                mbs.add_metric(lv, p.memory_byte_seconds)
+                for (direction, cls, source), b in p.net.items():
+                    net.add_metric([*lv, direction, cls, source], b)
+                for cname, c in p.containers.items():
+                    ccpu.add_metric([*lv, cname], c.cpu_seconds)
+                    cmem.add_metric([*lv, cname], c.memory_working_set)
+                    cio.add_metric([*lv, cname, "read"], c.io_read)
+                    cio.add_metric([*lv, cname, "write"], c.io_write)
+            h = self.health
+            yield from (cpu, mem, mbs, net, ccpu, cmem, cio)
+        yield CounterMetricFamily("kopeck_probe_cycles", "Sampling cycles run", value=h.cycles)
+        yield CounterMetricFamily("kopeck_probe_cgroup_reads", "Cgroup reads", value=h.cgroup_reads)
+        yield CounterMetricFamily(
+            "kopeck_probe_read_errors",
+            "Cgroup reads that failed (not vanished cgroups)",
+            value=h.read_errors,
+        )
+        yield GaugeMetricFamily(
+            "kopeck_probe_sample_duration_seconds",
+            "Wall time of the last sampling cycle",
+            value=h.sample_seconds,
+        )
+        yield CounterMetricFamily("kopeck_probe_reports", "Reports built", value=h.reports_built)
+        yield CounterMetricFamily(
+            "kopeck_probe_threshold_pushes",
+            "Reports cut early by a threshold crossing",
+            value=h.threshold_pushes,
+        )
+        yield GaugeMetricFamily(
+            "kopeck_probe_reports_buffered",
+            "Reports waiting for acknowledgement",
+            value=h.reports_buffered,
+        )
+        yield CounterMetricFamily(
+            "kopeck_probe_reports_dropped",
+            "Reports dropped by the full buffer or refused",
+            value=h.reports_dropped,
+        )
+        yield CounterMetricFamily(
+            "kopeck_probe_pushes", "Reports acknowledged by the operator", value=h.pushes
+        )
+        yield CounterMetricFamily(
+            "kopeck_probe_push_failures", "Failed pushes", value=h.push_failures
+        )
+        yield GaugeMetricFamily(
+            "kopeck_probe_push_lag_seconds",
+            "Age of the oldest unacknowledged report",
+            value=h.push_lag_seconds,
+        )
+        yield CounterMetricFamily(
+            "kopeck_probe_network_read_errors",
+            "Failed network source reads",
+            value=h.network_errors,
+        )
+
+
+def registry_with(metrics: ProbeMetrics) -> CollectorRegistry:
+    """A registry holding only the probe's collector (no process defaults double-registered)."""
+    reg = CollectorRegistry()
+    reg.register(metrics)
+    return reg
+
+
+def serve(metrics: ProbeMetrics, port: int, addr: str = "0.0.0.0") -> None:
+    """Serve /metrics on a background thread."""
+    start_http_server(port, addr=addr, registry=registry_with(metrics))

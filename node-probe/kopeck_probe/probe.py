@@ -1,0 +1,251 @@
+"""The probe loop: sample cgroups every second, cut a report every interval or on a crossing.
+
+Sampling and reporting are decoupled on purpose: a pod that lives 3 s is read three times
+and charged up to its last read, although reports go out every 5 s. A threshold crossing
+cuts the report at once (trigger "threshold") so no spike waits for the interval.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from kopeck.api.report import NodeInfo, ProbeReport, ThresholdEvent
+from kopeck_probe import cgroups
+from kopeck_probe.attribution import (
+    Attributor,
+    CgroupNetworkSource,
+    ContainerObservation,
+    NetworkAttributor,
+    PodFlowSource,
+    PodObservation,
+    ThresholdTracker,
+    merge_resources,
+    threshold_conditions,
+)
+from kopeck_probe.cgroups import (
+    CgroupLimits,
+    CgroupReader,
+    CgroupStats,
+    CgroupVanished,
+    Hierarchies,
+)
+from kopeck_probe.config import ProbeConfig
+from kopeck_probe.metrics import ProbeMetrics
+from kopeck_probe.pods import PodDirectory
+from kopeck_probe.push import Pusher, ReportBuffer, Transport
+from kopeck_probe.report import PodLabels, ReportContext, build_report, merge_network
+
+log = logging.getLogger(__name__)
+
+
+class Probe:
+    """One node's probe: readers -> attribution -> report -> buffer (-> pusher thread)."""
+
+    def __init__(
+        self,
+        cfg: ProbeConfig,
+        transport: Transport | None = None,
+        network: CgroupNetworkSource | None = None,
+        flows: PodFlowSource | None = None,
+        directory: PodDirectory | None = None,
+        boot_id: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.reader = CgroupReader(Hierarchies.detect(cfg.cgroup_base), cfg.prefix)
+        self.boot_id = boot_id or cgroups.boot_id()
+        self.buffer = ReportBuffer(cfg.wal_path, self.boot_id, cfg.wal_max_reports)
+        saved = self.buffer.load_state()
+        self.attributor = Attributor(baselines=saved.get("cgroups", {}) if saved else None)
+        self.network = network
+        self.net_attr = NetworkAttributor(network.source if network else "ebpf")
+        self.flows = flows
+        self.directory = directory or PodDirectory()
+        self.thresholds = ThresholdTracker()
+        self.metrics = ProbeMetrics()
+        self.pusher = Pusher(self.buffer, transport) if transport is not None else None
+        cpus, mem = cgroups.node_capacity()
+        self.node_info = NodeInfo(cpu_cores=cpus, memory_bytes=mem)
+        self._inodes: dict[str, int] = {}
+        self._limits: dict[str, CgroupLimits] = {}
+        self._cycle = 0
+        self._interval_start = dt.datetime.now(dt.UTC)
+        self.cpu_seconds_sampling = 0.0
+
+    # -- one sampling cycle ----------------------------------------------------------
+    def _read(self, relpath: str) -> CgroupStats:
+        ino = self._inodes.get(relpath)
+        if ino is None:
+            ino = self._inodes[relpath] = self.reader.inode(relpath)
+        return self.reader.read(relpath, ino)
+
+    def sample(self) -> list[ThresholdEvent]:
+        """Read every pod cgroup once and fold it in; return thresholds newly crossed."""
+        cpu0 = time.thread_time()
+        t = self.clock()
+        pods = self.reader.discover()
+        reread_limits = self._cycle % self.cfg.limits_every_cycles == 0
+        observations: list[PodObservation] = []
+        live: set[str] = set()
+        for pod in pods:
+            live.add(pod.relpath)
+            stats: CgroupStats | None
+            unreadable = False
+            try:
+                stats = self._read(pod.relpath)
+                if reread_limits or pod.relpath not in self._limits:
+                    self._limits[pod.relpath] = self.reader.limits(pod.relpath)
+            except CgroupVanished:
+                stats = None
+            except (OSError, ValueError, KeyError):
+                stats, unreadable = None, True
+            ctrs: list[ContainerObservation] = []
+            if stats is not None:
+                for c in pod.containers:
+                    live.add(c.relpath)
+                    try:
+                        ctrs.append(
+                            ContainerObservation(c.container_id, c.relpath, self._read(c.relpath))
+                        )
+                    except CgroupVanished:
+                        ctrs.append(ContainerObservation(c.container_id, c.relpath, None))
+                    except (OSError, ValueError, KeyError):
+                        ctrs.append(
+                            ContainerObservation(c.container_id, c.relpath, None, unreadable=True)
+                        )
+            observations.append(
+                PodObservation(
+                    pod.uid,
+                    pod.qos,
+                    pod.relpath,
+                    stats,
+                    tuple(ctrs),
+                    self._limits.get(pod.relpath),
+                    unreadable,
+                )
+            )
+        self.attributor.observe(t, observations)
+        for cache in (self._inodes, self._limits):
+            for rel in [r for r in cache if r not in live]:
+                del cache[rel]
+        if self.network is not None:
+            try:
+                self.net_attr.observe(self.network.read(), self.attributor.pod_inodes())
+            except Exception:
+                self.metrics.health.network_errors += 1
+                log.exception("network source %s failed", self.network.source)
+        events = self._thresholds()
+        self._cycle += 1
+        h = self.metrics.health
+        h.cycles += 1
+        h.cgroup_reads = self.reader.reads
+        h.read_errors = self.reader.errors
+        h.sample_seconds = self.clock() - t
+        self.cpu_seconds_sampling += time.thread_time() - cpu0
+        return events
+
+    def _thresholds(self) -> list[ThresholdEvent]:
+        rates = self.attributor.cpu_rates()
+        ws = self.attributor.working_sets()
+        limits = self.attributor.limits()
+        events: list[ThresholdEvent] = []
+        for uid, cg_limits in limits.items():
+            meta = self.directory.get(uid)
+            res = merge_resources(meta.resources if meta else None, cg_limits)
+            conds = threshold_conditions(
+                rates.get(uid), ws.get(uid), res, self.cfg.high_fraction, self.cfg.idle_fraction
+            )
+            events.extend(self.thresholds.update(uid, conds))
+        self.thresholds.retain(limits)
+        return events
+
+    # -- reports -----------------------------------------------------------------------
+    def cut_report(
+        self,
+        trigger: Literal["periodic", "threshold"] = "periodic",
+        events: list[ThresholdEvent] | None = None,
+    ) -> ProbeReport:
+        """Close the interval: build the report, buffer it with the counters, wake the pusher."""
+        intervals = self.attributor.cut()
+        network = merge_network(self.net_attr.cut(), self.flows.take() if self.flows else {})
+        directory = self.directory.snapshot()
+        labels: dict[str, PodLabels] = {uid: m.labels() for uid, m in directory.items()}
+        start, end = self._interval_start, dt.datetime.now(dt.UTC)
+        self._interval_start = end
+
+        def build(seq: int, gaps: list[Any]) -> ProbeReport:
+            ctx = ReportContext(
+                self.cfg.node_name, self.boot_id, seq, start, end, trigger, self.node_info
+            )
+            return build_report(ctx, intervals, labels, network, events or (), gaps)
+
+        report = self.buffer.append(build, state={"cgroups": self.attributor.state()})
+        self.directory.forget_deleted({p.uid for p in intervals if not p.ended})
+        self.metrics.fold(report.pods)
+        h = self.metrics.health
+        h.reports_built += 1
+        h.threshold_pushes += int(trigger == "threshold")
+        self.refresh_push_health()
+        if self.pusher is not None:
+            self.pusher.wake()
+        return report
+
+    def refresh_push_health(self) -> None:
+        """Copy buffer and pusher counters into the health metrics."""
+        h = self.metrics.health
+        h.reports_buffered = self.buffer.count()
+        oldest = self.buffer.oldest_created()
+        h.push_lag_seconds = 0.0 if oldest is None else max(0.0, time.time() - oldest)
+        h.reports_dropped = self.buffer.dropped + (self.pusher.stats.rejected if self.pusher else 0)
+        if self.pusher is not None:
+            h.pushes = self.pusher.stats.sent
+            h.push_failures = self.pusher.stats.failures
+
+    # -- main loop ---------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Sample and report until stop is set; a last report is cut on the way out."""
+        push_thread: threading.Thread | None = None
+        if self.pusher is not None:
+            push_thread = threading.Thread(
+                target=self.pusher.run, args=(stop,), name="push", daemon=True
+            )
+            push_thread.start()
+        next_sample = self.clock()
+        next_report = next_sample + self.cfg.report_interval_s
+        try:
+            while not stop.is_set():
+                events = self.sample()
+                now = self.clock()
+                if events:
+                    self.cut_report("threshold", events)
+                    next_report = now + self.cfg.report_interval_s
+                elif now >= next_report - 1e-3:
+                    self.cut_report("periodic")
+                    next_report = max(
+                        next_report + self.cfg.report_interval_s,
+                        now + 0.5 * self.cfg.sample_interval_s,
+                    )
+                else:
+                    self.refresh_push_health()
+                next_sample += self.cfg.sample_interval_s
+                if next_sample < self.clock():  # fell behind: skip, do not burst
+                    next_sample = self.clock() + self.cfg.sample_interval_s
+                stop.wait(max(0.0, next_sample - self.clock()))
+            self.sample()
+            self.cut_report("periodic")
+        finally:
+            if self.pusher is not None and push_thread is not None:
+                self.pusher.wake()
+                push_thread.join(timeout=15)
+            if self.pusher is not None and not (push_thread and push_thread.is_alive()):
+                try:
+                    self.pusher.drain()  # what is left stays buffered for the next start
+                except Exception:
+                    log.exception("last push before exit failed")
+            self.buffer.close()
