@@ -1,0 +1,251 @@
+"""The flow collector: UDP 2055 -> allow-list -> decoder -> per-pod counters.
+
+One thread receives datagrams; only allow-listed exporter addresses get past the first
+check (default: this node's own addresses and loopback — the exporter runs on the node).
+Records are decoded in batches (every ``flush_records`` records or ``flush_interval_s``)
+and folded into cumulative per-pod counters that the probe core reads with
+:meth:`FlowCollector.totals`. Anything wrong with a datagram is counted; nothing stops
+the receive loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from kopeck_probe.flows.classify import Topology
+from kopeck_probe.flows.decoder import Decoder, StreamStats
+from kopeck_probe.flows.podmap import PodIPMap
+from kopeck_probe.flows.tally import PodFlowTotals, Tally, Traffic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 2055
+MAX_DATAGRAM = 65535
+
+
+def local_addresses() -> frozenset[str]:
+    """This node's own addresses plus loopback: the default exporter allow-list."""
+    found = {"127.0.0.1", "::1"}
+    try:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            for msg in ipr.get_addr():
+                addr = msg.get_attr("IFA_ADDRESS")
+                if addr:
+                    found.add(str(addr).split("%")[0])
+    except Exception as exc:  # no netlink (tests in odd sandboxes): loopback only
+        log.warning("cannot list this node's addresses (%s); allowing loopback only", exc)
+    return frozenset(found)
+
+
+def _normalise(address: str) -> str:
+    if address.startswith("::ffff:") and "." in address:
+        return address[7:]
+    return address
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorConfig:
+    """Settings of the collector (defaults fit one node)."""
+
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    allowed_exporters: frozenset[str] | None = None
+    """Exporter addresses accepted; None: this node's addresses and loopback."""
+    max_streams: int = 64
+    """Cap on (exporter, version, domain) streams kept."""
+    max_templates_per_stream: int = 256
+    """Cap on templates per stream; more are a template flood (counted, ignored)."""
+    flush_records: int = 65536
+    flush_interval_s: float = 0.25
+    receive_buffer_bytes: int = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorStats:
+    """The collector's health for /metrics."""
+
+    datagrams: int
+    """Datagrams received, allowed or not."""
+    not_allowed: int
+    """Datagrams from exporters not on the allow-list (dropped unread)."""
+    records: int
+    """Flow data records decoded."""
+    drops: dict[str, int]
+    """Dropped datagrams / sets / templates by reason."""
+    streams: list[StreamStats]
+    unattributed: Traffic
+    """Bytes and packets of flows with no pod of this node at either end."""
+    records_without_addresses: int
+    internal_errors: int
+
+
+@dataclass(slots=True)
+class _Counters:
+    datagrams: int = 0
+    not_allowed: int = 0
+    internal_errors: int = 0
+    not_allowed_by_source: Counter[str] = field(default_factory=Counter)
+
+
+class FlowCollector:
+    """NetFlow v9 / IPFIX collector feeding per-pod flow counters."""
+
+    def __init__(
+        self, pods: PodIPMap, topology: Topology, config: CollectorConfig | None = None
+    ) -> None:
+        self.config = config or CollectorConfig()
+        allowed = self.config.allowed_exporters
+        self.allowed = frozenset(
+            _normalise(a) for a in (allowed if allowed is not None else local_addresses())
+        )
+        self.decoder = Decoder(self.config.max_streams, self.config.max_templates_per_stream)
+        self.tally = Tally(pods, topology)
+        self._counters = _Counters()
+        self._lock = threading.Lock()
+        self._last_flush = time.monotonic()
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    # ------------------------------------------------------------------ pure-ish core
+    def handle(self, data: bytes, source: str) -> bool:
+        """Take one datagram from ``source``; False when it was refused or dropped."""
+        with self._lock:
+            c = self._counters
+            c.datagrams += 1
+            source = _normalise(source)
+            if source not in self.allowed:
+                c.not_allowed += 1
+                if len(c.not_allowed_by_source) < 1024:
+                    c.not_allowed_by_source[source] += 1
+                return False
+            try:
+                ok = self.decoder.feed(data, source)
+                if (
+                    self.decoder.pending_records >= self.config.flush_records
+                    or time.monotonic() - self._last_flush >= self.config.flush_interval_s
+                ):
+                    self._flush_locked()
+            except Exception:  # a decoder bug must not stop the collector: count, go on
+                c.internal_errors += 1
+                log.exception("flow datagram from %s could not be handled", source)
+                return False
+            return ok
+
+    def _flush_locked(self) -> None:
+        self._last_flush = time.monotonic()
+        batch = self.decoder.flush()
+        self.tally.add(batch)
+
+    def flush(self) -> None:
+        """Decode and count everything received so far."""
+        with self._lock:
+            try:
+                self._flush_locked()
+            except Exception:
+                self._counters.internal_errors += 1
+                log.exception("flow batch could not be counted")
+
+    def totals(self) -> dict[str, PodFlowTotals]:
+        """Cumulative per-pod counters (a snapshot; flushes first so nothing waits)."""
+        self.flush()
+        with self._lock:
+            return {k: v.copy() for k, v in self.tally.totals.items()}
+
+    def forget(self, pod: str) -> None:
+        """Drop an ended pod's counters after its last report."""
+        with self._lock:
+            self.tally.forget(pod)
+
+    def set_topology(self, topology: Topology) -> None:
+        """Node labels, nodes or configured CIDRs changed."""
+        with self._lock:
+            self.tally.set_topology(topology)
+
+    def stats(self) -> CollectorStats:
+        """Counters for /metrics."""
+        with self._lock:
+            d = self.decoder
+            return CollectorStats(
+                datagrams=self._counters.datagrams,
+                not_allowed=self._counters.not_allowed,
+                records=d.records,
+                drops=dict(d.drops),
+                streams=d.stream_stats(),
+                unattributed=Traffic(
+                    self.tally.unattributed.bytes, self.tally.unattributed.packets
+                ),
+                records_without_addresses=d.records_without_addresses,
+                internal_errors=self._counters.internal_errors,
+            )
+
+    # ------------------------------------------------------------------ socket
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); the port is the real one when 0 was asked for."""
+        if self._sock is None:
+            raise RuntimeError("collector not started")
+        host, port = self._sock.getsockname()[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        """Bind the UDP socket and start the receive thread."""
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.receive_buffer_bytes)
+        sock.bind((self.config.host, self.config.port))
+        sock.settimeout(self.config.flush_interval_s)
+        self._sock = sock
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._loop, name="kopeck-flows", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        while not self._stopping.is_set():
+            try:
+                data, addr = sock.recvfrom(MAX_DATAGRAM)
+            except TimeoutError:
+                self.flush()
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                with self._lock:
+                    self._counters.internal_errors += 1
+                continue
+            self.handle(data, addr[0])
+
+    def stop(self) -> None:
+        """Stop receiving, close the socket, count what was pending."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self.flush()
+
+    def __enter__(self) -> FlowCollector:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
