@@ -73,17 +73,27 @@ class ContainerHistory:
         weight_seconds: float,
     ) -> None:
         """Fold one observation: average cores over ``weight_seconds`` ending at ``at``."""
-        t = _epoch(at)
         if weight_seconds <= 0:
             return
-        self.cpu.add_sample(cpu_cores, weight_seconds, t)
+        t = _epoch(at)
+        self.add_cpu_sample(t, cpu_cores, weight_seconds)
         self.add_memory_peak(t, memory_peak_bytes)
+
+    def add_cpu_sample(
+        self, at: dt.datetime | float, cpu_cores: float, weight_seconds: float
+    ) -> None:
+        """Fold average cores over ``weight_seconds`` ending at ``at``; counts one sample."""
+        if weight_seconds <= 0:
+            return
+        t = _epoch(at)
+        self.cpu.add_sample(cpu_cores, weight_seconds, t)
         self.samples += 1
         self.first_sample = t if self.first_sample is None else min(self.first_sample, t)
         self.last_sample = t if self.last_sample is None else max(self.last_sample, t)
 
-    def add_memory_peak(self, at: float, peak_bytes: int) -> None:
+    def add_memory_peak(self, at: dt.datetime | float, peak_bytes: int) -> None:
         """Raise the open window's peak, closing the window first when ``at`` is past it."""
+        at = _epoch(at)
         if self.window_start is None:
             self.window_start = at - at % self.memory_window_seconds
         if at >= self.window_start + self.memory_window_seconds:
