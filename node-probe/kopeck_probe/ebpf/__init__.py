@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .cost import ProgramCost, bpf_stats, total_cost
+from .cost import ProgramCost, bpf_stats, sample_cost, total_cost
 from .counters import CounterKey, Counters, NetCounterReader, ReaderKind
 from .reader import DEFAULT_MAX_ENTRIES, AttachMode, CgroupIndex, EbpfReader
 from .syscall import BpfError
@@ -30,6 +30,7 @@ __all__ = [
     "VethReader",
     "bpf_stats",
     "open_net_reader",
+    "sample_cost",
     "total_cost",
 ]
 

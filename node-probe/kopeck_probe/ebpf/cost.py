@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -68,3 +69,20 @@ def bpf_stats(method: StatsMethod = "auto", sysctl: Path = SYSCTL) -> Iterator[s
         yield "sysctl"
     finally:
         sysctl.write_text(previous)
+
+
+def sample_cost(
+    run_stats: Callable[[], Iterable[sc.ProgRunStats]],
+    seconds: float,
+    method: StatsMethod = "auto",
+) -> ProgramCost:
+    """The programs' cost over a window of live traffic: stats on, wait, stats off.
+
+    Stats cost two clock reads per program run, so the probe samples (e.g. 10 s a minute)
+    rather than keeping them on; `reader.run_stats` is the usual source.
+    """
+    with bpf_stats(method):
+        before = total_cost(run_stats())
+        time.sleep(seconds)
+        after = total_cost(run_stats())
+    return after - before

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Literal
 
 from . import syscall as sc
+from .cost import ProgramCost, total_cost
 from .counters import Counters, ReaderKind
 from .program import (
     EGRESS,
@@ -233,6 +234,10 @@ class EbpfReader:
         """The kernel's run_time_ns / run_cnt of both programs (non-zero while stats are on)."""
         self._check_open()
         return [sc.prog_run_stats(fd) for fd in self.prog_fds.values()]
+
+    def cost(self) -> ProgramCost:
+        """Both programs' cumulative run time and run count (see cost.sample_cost)."""
+        return total_cost(self.run_stats())
 
     def _check_open(self) -> None:
         if self.closed:
