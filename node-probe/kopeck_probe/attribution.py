@@ -452,10 +452,14 @@ class NetworkAttributor:
                 if cur is None:
                     continue
                 prev = self._last.get(ino)
-                acc[0] += counter_delta(prev.tx_bytes if prev else None, cur.tx_bytes)
-                acc[1] += counter_delta(prev.rx_bytes if prev else None, cur.rx_bytes)
-                acc[2] += counter_delta(prev.tx_packets if prev else None, cur.tx_packets)
-                acc[3] += counter_delta(prev.rx_packets if prev else None, cur.rx_packets)
+                now = (cur.tx_bytes, cur.rx_bytes, cur.tx_packets, cur.rx_packets)
+                if prev is not None:
+                    before = (prev.tx_bytes, prev.rx_bytes, prev.tx_packets, prev.rx_packets)
+                    # One field going down means the whole entry restarted (map entry re-made).
+                    if all(c >= b for c, b in zip(now, before, strict=True)):
+                        now = tuple(c - b for c, b in zip(now, before, strict=True))  # type: ignore[assignment]
+                for i, d in enumerate(now):
+                    acc[i] += d
                 self._last[ino] = cur
         live = {i for inodes in pod_inodes.values() for i in inodes}
         for ino in list(self._last):
