@@ -96,7 +96,7 @@ def test_v9_uptime_wraparound() -> None:
 
 
 def test_ipv6_and_enterprise_and_ntp_fields() -> None:
-    fields = [(27, 16), (5, 4, 9), (28, 16), (1, 8), (7, 0xFFFF, 12345), (2, 4), (155, 8)]
+    fields: list[c.Field] = [(27, 16), (5, 4, 9), (28, 16), (1, 8), (7, 0xFFFF, 12345), (2, 4), (155, 8)]
     tpl = c.set_(2, c.template_record(400, fields, ipfix=True))
     src = bytes.fromhex("20010db8000000000000000000000001")
     dst = bytes.fromhex("20010db8000000000000000000000002")
@@ -301,7 +301,7 @@ def test_template_and_stream_floods_stay_bounded() -> None:
 
 
 def test_biflow_reverse_counters() -> None:
-    fields = [(8, 4), (12, 4), (1, 8), (2, 8), (1, 8, 29305), (2, 8, 29305)]
+    fields: list[c.Field] = [(8, 4), (12, 4), (1, 8), (2, 8), (1, 8, 29305), (2, 8, 29305)]
     tpl = c.set_(2, c.template_record(256, fields, ipfix=True))
     rec = struct.pack("!IIQQQQ", 1, 2, 100, 1, 5000, 4)
     d = Decoder()
