@@ -302,8 +302,8 @@ class Conditions:
                 "lastProbeTime": None,
                 "lastTransitionTime": prev[1],
             }
-            if reason:
-                rendered["reason"] = reason
+            # Always sent: a strategic-merge patch keeps a reason the new condition lacks.
+            rendered["reason"] = reason
             out.append(rendered)
         return out
 
@@ -363,8 +363,7 @@ def pod_status(
         status["podIPs"] = [{"ip": pod_ip}]
     if start_time is not None:
         status["startTime"] = rfc3339(start_time)
-    if message is not None:
-        status["message"] = message
-    if reason is not None:
-        status["reason"] = reason
+    # null clears what an earlier patch set (strategic merge keeps absent keys)
+    status["message"] = message
+    status["reason"] = reason
     return status
