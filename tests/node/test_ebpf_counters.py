@@ -290,7 +290,7 @@ def test_removed_cgroup_is_reported_once_then_dropped(
     two_pods: tuple[SandboxHost, PodSandbox, PodSandbox],
 ) -> None:
     host, a, b = two_pods
-    with EbpfReader(host.pods_parent_v2()) as reader:
+    with EbpfReader(host.pods_parent_v2(), prune_every=1) as reader:
         side = a.container_dirs("side")["unified"]
         side_id = side.stat().st_ino
         srv = b.run(["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
@@ -312,6 +312,10 @@ def test_removed_cgroup_is_reported_once_then_dropped(
         assert side_id not in reader.read()
         keys = {sc_id for sc_id, _ in reader.read_raw()}
         assert side_id not in keys
+        # the per-key walk (kernels without batch lookup) sees the same map
+        batch = reader.read_raw()
+        reader._batch = False
+        assert reader.read_raw() == batch
 
 
 def test_verifier_refusal_carries_the_log() -> None:

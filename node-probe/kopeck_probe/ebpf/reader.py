@@ -13,11 +13,12 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
+
+import numpy as np
 
 from . import syscall as sc
 from .cost import ProgramCost, total_cost
@@ -30,8 +31,8 @@ from .program import (
     MISSED_KEY,
     VALUE,
     counter_program,
+    pack_key,
     sum_percpu,
-    unpack_key,
 )
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class EbpfReader:
         *,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         attach: AttachMode = "link",
+        prune_every: int = 12,
     ) -> None:
         self.cgroup_parent = Path(cgroup_parent)
         self.max_entries = max_entries
@@ -105,6 +107,8 @@ class EbpfReader:
         self._links: list[int] = []
         self._attached: list[tuple[int, int]] = []  # (prog fd, attach type) for prog_attach
         self._batch = True
+        self._reads = 0
+        self.prune_every = max(1, prune_every)
         self._lookup_and_delete = True
         self.closed = False
         try:
@@ -158,19 +162,22 @@ class EbpfReader:
         )
 
     # -- reading -------------------------------------------------------------------------
-    def _entries(self) -> Iterator[tuple[bytes, bytes]]:
+    def _snapshot(self) -> tuple[bytes, bytes]:
         if self._batch:
             try:
-                yield from sc.map_lookup_batch(self._counts_fd, KEY.size, self._value_size)
-                return
+                return sc.map_lookup_batch(self._counts_fd, KEY.size, self._value_size)
             except sc.BpfError as e:
                 if e.errno not in _UNSUPPORTED:
                     raise
                 self._batch = False
+        keys: list[bytes] = []
+        values: list[bytes] = []
         for key in sc.map_keys(self._counts_fd, KEY.size):
             value = sc.map_lookup(self._counts_fd, key, self._value_size)
             if value is not None:
-                yield key, value
+                keys.append(key)
+                values.append(value)
+        return b"".join(keys), b"".join(values)
 
     def _final(self, key: bytes) -> bytes | None:
         """Read and drop the key of a removed cgroup, atomically where the kernel can."""
@@ -186,34 +193,57 @@ class EbpfReader:
         return value
 
     def read_raw(self) -> dict[tuple[int, int], tuple[int, int]]:
-        """(cgroup id, direction) -> cumulative (bytes, packets); removed cgroups one last time."""
+        """(cgroup id, direction) -> cumulative (bytes, packets); removed cgroups one last time.
+
+        A key whose cgroup directory is gone is read and deleted atomically, so the map
+        holds only live cgroups. Unknown ids are checked at once (after a walk of the
+        tree); known ones every `prune_every` reads, one stat each.
+        """
         self._check_open()
-        raw = dict(self._entries())
-        ids = {unpack_key(k)[0] for k in raw}
-        if not ids <= self.index.paths.keys():
+        kraw, vraw = self._snapshot()
+        keys = np.frombuffer(kraw, dtype="<u8").reshape(-1, 2)
+        sums = np.frombuffer(vraw, dtype="<u8").reshape(-1, self.ncpus, 2).sum(axis=1)
+        ids: list[int] = keys[:, 0].tolist()
+        out: dict[tuple[int, int], tuple[int, int]] = {
+            (i, d): (b, p)
+            for i, d, b, p in zip(
+                ids, keys[:, 1].tolist(), sums[:, 0].tolist(), sums[:, 1].tolist(), strict=True
+            )
+        }
+        id_set = set(ids)
+        unknown = id_set - self.index.paths.keys()
+        if unknown:
             self.index.refresh()  # a new container: learn its directory while it exists
-        stale = {i for i in ids if not self.index.alive(i)}
-        out: dict[tuple[int, int], tuple[int, int]] = {}
-        for key, value in raw.items():
-            cgroup_id, direction = unpack_key(key)
-            if cgroup_id in stale:
-                final = self._final(key)
-                if final is not None:
-                    value = final
-            out[(cgroup_id, direction)] = sum_percpu(value, self.ncpus)
+            unknown -= self.index.paths.keys()
+        self._reads += 1
+        stale = set(unknown)
+        if self._reads % self.prune_every == 0:
+            stale |= {i for i in id_set - unknown if not self.index.alive(i)}
+        for cgroup_id, direction in [k for k in out if k[0] in stale]:
+            final = self._final(pack_key(cgroup_id, direction))
+            if final is not None:
+                out[(cgroup_id, direction)] = sum_percpu(final, self.ncpus)
         return out
 
     def read(self) -> dict[int, Counters]:
         """Cumulative Counters per socket cgroup id (a container's, or the pod's own)."""
-        out: dict[int, Counters] = {}
-        for (cgroup_id, direction), (nbytes, packets) in self.read_raw().items():
-            c = out.get(cgroup_id, Counters())
-            if direction == EGRESS:
-                c = Counters(c.tx_bytes + nbytes, c.rx_bytes, c.tx_packets + packets, c.rx_packets)
-            else:
-                c = Counters(c.tx_bytes, c.rx_bytes + nbytes, c.tx_packets, c.rx_packets + packets)
-            out[cgroup_id] = c
-        return out
+        tx: dict[int, tuple[int, int]] = {}
+        rx: dict[int, tuple[int, int]] = {}
+        for (cgroup_id, direction), value in self.read_raw().items():
+            (tx if direction == EGRESS else rx)[cgroup_id] = value
+        none = (0, 0)
+        return {
+            i: Counters(
+                tx.get(i, none)[0], rx.get(i, none)[0], tx.get(i, none)[1], rx.get(i, none)[1]
+            )
+            for i in tx.keys() | rx.keys()
+        }
+
+    @property
+    def counts_map_fd(self) -> int:
+        """The counts map's fd, for inspection (bpftool-like tools, benchmarks seeding keys)."""
+        self._check_open()
+        return self._counts_fd
 
     def cgroup_path(self, cgroup_id: int) -> Path | None:
         """The directory of a cgroup id seen by this reader (None if never seen or removed)."""

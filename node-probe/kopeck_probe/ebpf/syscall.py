@@ -190,10 +190,12 @@ def map_keys(map_fd: int, key_size: int) -> list[bytes]:
 
 
 def map_lookup_batch(
-    map_fd: int, key_size: int, value_size: int, chunk: int = 256
-) -> list[tuple[bytes, bytes]]:
-    """Every (key, value) in a few BPF_MAP_LOOKUP_BATCH calls instead of two calls per key."""
-    out: list[tuple[bytes, bytes]] = []
+    map_fd: int, key_size: int, value_size: int, chunk: int = 1024
+) -> tuple[bytes, bytes]:
+    """Every key and value, concatenated, in a few BPF_MAP_LOOKUP_BATCH calls instead of two
+    syscalls per key; the caller slices (or numpy-views) them by key_size and value_size."""
+    keys_out: list[bytes] = []
+    values_out: list[bytes] = []
     in_batch = ctypes.create_string_buffer(8)
     out_batch = ctypes.create_string_buffer(8)
     keys = ctypes.create_string_buffer(key_size * chunk)
@@ -222,16 +224,10 @@ def map_lookup_batch(
                 raise
             done = True
         count = struct.unpack_from("<I", attr.raw, 32)[0]
-        kraw, vraw = keys.raw, values.raw
-        for i in range(count):
-            out.append(
-                (
-                    kraw[i * key_size : (i + 1) * key_size],
-                    vraw[i * value_size : (i + 1) * value_size],
-                )
-            )
+        keys_out.append(keys.raw[: count * key_size])
+        values_out.append(values.raw[: count * value_size])
         if done:
-            return out
+            return b"".join(keys_out), b"".join(values_out)
         ctypes.memmove(in_batch, out_batch, 8)
         first = False
 
