@@ -93,9 +93,10 @@ def _quantities(resources: Mapping[str, Any] | None, key: str) -> dict[str, Deci
 def compute_qos(pod: Mapping[str, Any]) -> QoSClass:
     """The Pod's QoS class by Kubernetes' rules (v1 helper ComputePodQOS).
 
-    Requests and limits of cpu and memory are summed over regular and init containers (or
-    taken from pod-level resources when given); Guaranteed needs every container to limit
-    both and the sums of requests to equal the sums of limits.
+    Requests (defaulted to limits, as the apiserver does) and limits of cpu and memory are
+    summed over regular and init containers (or taken from pod-level resources when given);
+    Guaranteed needs every container to limit both and the sums of requests to equal the
+    sums of limits.
     """
     spec = pod.get("spec") or {}
     requests: dict[str, Decimal] = {}
@@ -110,22 +111,28 @@ def compute_qos(pod: Mapping[str, Any]) -> QoSClass:
                 found.add(name)
         return found
 
+    def defaulted(res: Mapping[str, Any] | None) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+        # the apiserver defaults a missing request to its limit before anyone reads the pod
+        lim = _quantities(res, "limits")
+        return {**lim, **_quantities(res, "requests")}, lim
+
     pod_resources = spec.get("resources")
     if pod_resources and (pod_resources.get("requests") or pod_resources.get("limits")):
-        add(requests, _quantities(pod_resources, "requests"))
-        if add(limits, _quantities(pod_resources, "limits")) != set(_QOS_RESOURCES):
+        req, lim = defaulted(pod_resources)
+        add(requests, req)
+        if add(limits, lim) != set(_QOS_RESOURCES):
             guaranteed = False
     else:
         for ctr in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
-            res = ctr.get("resources")
-            add(requests, _quantities(res, "requests"))
-            if add(limits, _quantities(res, "limits")) != set(_QOS_RESOURCES):
+            req, lim = defaulted(ctr.get("resources"))
+            add(requests, req)
+            if add(limits, lim) != set(_QOS_RESOURCES):
                 guaranteed = False
     if not requests and not limits:
         return "BestEffort"
     if guaranteed:
-        for name, req in requests.items():
-            if limits.get(name) != req:
+        for name, total in requests.items():
+            if limits.get(name) != total:
                 guaranteed = False
                 break
     if guaranteed and len(requests) == len(limits):
