@@ -38,6 +38,9 @@ from kopeck.localcluster.versions import (
 MIN_GO = (1, 25)
 """Kubernetes 1.35 declares go 1.25.0 in its go.mod."""
 
+PACKAGE_LINE = re.compile(r"^[\w.\-]+(/[\w.\-~+]+)+$")
+"""A line of ``go build -v``: the import path of a package it just compiled."""
+
 TICK_SECONDS = 15.0
 """How often a non-interactive build prints that it is still alive."""
 
@@ -163,7 +166,7 @@ def _run_go(
         thread.start()
         while thread.is_alive():
             thread.join(timeout=1.0)
-            compiled = sum(1 for ln in lines if ln and not ln.startswith(("go:", "#", " ")))
+            compiled = sum(1 for ln in lines if PACKAGE_LINE.match(ln))
             downloaded = sum(1 for ln in lines if ln.startswith("go: downloading"))
             what = f"{compiled} packages compiled" if compiled else ""
             if downloaded:
