@@ -17,6 +17,8 @@ from kopeck.rightsizing import (
     propose,
 )
 from kopeck.rightsizing.prometheus import (
+    CPU_METRIC,
+    MEMORY_METRIC,
     PrometheusHistorySource,
     cpu_query,
     history_from_results,
@@ -229,3 +231,33 @@ def test_coarser_steps_smooth_bursty_usage() -> None:
     print(f"bursty, step 60s: cpu {prom[0]} vs {embedded[0]}, memory {prom[1]} vs {embedded[1]}")
     assert prom[0] <= embedded[0]
     assert prom[1] == embedded[1]
+
+
+def test_queries_use_the_names_and_labels_the_probe_exposes() -> None:
+    """Couples the queries to node-probe's metrics.py: renaming a series there fails here."""
+    from prometheus_client import generate_latest
+
+    from kopeck_probe.metrics import ProbeMetrics, registry_with
+
+    metrics = ProbeMetrics()
+    metrics.fold(
+        [
+            PodUsage(
+                uid="u1",
+                namespace="shop",
+                name="web-7d4f9c-abcde",
+                cpu_core_seconds=1.0,
+                memory_working_set_bytes=5,
+                containers=[
+                    ContainerUsage(name="app", cpu_core_seconds=1.0, memory_working_set_bytes=5)
+                ],
+            )
+        ]
+    )
+    text = generate_latest(registry_with(metrics)).decode()
+    labels = 'container="app",namespace="shop",pod="web-7d4f9c-abcde"'
+    for metric in (CPU_METRIC, MEMORY_METRIC):
+        lines = [line for line in text.splitlines() if line.startswith(metric + "{")]
+        assert lines, f"{metric} not exposed by the probe:\n{text}"
+        for part in labels.split(","):
+            assert part in lines[0]
