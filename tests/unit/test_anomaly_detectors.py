@@ -75,8 +75,8 @@ def test_warm_up_uses_the_static_threshold(name: str) -> None:
 
 @pytest.mark.parametrize("name", DETECTOR_NAMES)
 def test_steady_noise_is_not_flagged(name: str) -> None:
-    for seed in range(5):
-        out = run(name, noisy(2000, rel=0.05, seed=seed), Decimal(1))
+    for seed in range(4):
+        out = run(name, noisy(1500, rel=0.05, seed=seed), Decimal(1))
         assert not any(d.anomalous for d in out), seed
 
 

@@ -202,7 +202,7 @@ def _proposal_figures(history: WorkloadHistory, source: str) -> tuple[Decimal, i
 
 
 def test_prometheus_and_embedded_histories_agree_within_five_percent() -> None:
-    series = _usage_series(3 * 86400, 5, seed=11)  # three days of 5 s reports
+    series = _usage_series(86400, 5, seed=11)  # a day of 5 s reports
     embedded = _proposal_figures(_embedded(series, 5), "Histogram")
     for query_step in (5, 60):
         cpu_s, mem_s = _as_prometheus(series, 5, query_step)
@@ -222,7 +222,7 @@ def test_prometheus_and_embedded_histories_agree_within_five_percent() -> None:
 
 def test_coarser_steps_smooth_bursty_usage() -> None:
     """The figure for the report: a 60 s step averages away 5 s bursts (noise 0.1 cores)."""
-    series = _usage_series(3 * 86400, 5, seed=12, noise=0.1)
+    series = _usage_series(86400, 5, seed=12, noise=0.1)
     embedded = _proposal_figures(_embedded(series, 5), "Histogram")
     cpu_s, mem_s = _as_prometheus(series, 5, 60)
     prom = _proposal_figures(
