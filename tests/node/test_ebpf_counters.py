@@ -149,9 +149,12 @@ def assert_close(counted: int, truth: int, what: str) -> None:
     assert err <= TOLERANCE, f"{what}: counted {counted}, iperf3 {truth}, error {err:.3%}"
 
 
-@pytest.fixture
-def two_pods() -> Iterator[tuple[SandboxHost, PodSandbox, PodSandbox]]:
-    with SandboxHost(driver="systemd") as host:
+@pytest.fixture(params=["systemd", "cgroupfs"])
+def two_pods(
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[SandboxHost, PodSandbox, PodSandbox]]:
+    """Two networked pods, in each kubelet cgroup driver's layout."""
+    with SandboxHost(driver=request.param) as host:
         a = host.pod(network=True, name="client")
         b = host.pod(network=True, name="server")
         a.container_dirs()  # create the container cgroups before the readers look
@@ -304,7 +307,7 @@ def test_removed_cgroup_is_reported_once_then_dropped(
                 os.killpg(srv.pid, signal.SIGKILL)
                 srv.wait()
         live = reader.read()
-        assert live[side_id].tx_bytes > 1024 * 1024
+        assert live[side_id].tx_bytes > 10_000  # iperf3 may reset before all 1M left (see WINDOW)
         a.remove_container("side")
         assert not side.exists()
         final = reader.read()
