@@ -32,7 +32,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -376,6 +376,10 @@ class MiniKubelet:
             raise RuntimeError("kubelet not started")
         return self.host.pods_parent(hierarchy)
 
+    def probe_settings(self) -> dict[str, str]:
+        """What kopeck_probe's settings need to read exactly this kubelet's pods."""
+        return {"node_name": self.node_name, "prefix": self.cgroup_prefix, "driver": self.driver}
+
     def sandbox(self, uid: str) -> PodSandbox | None:
         """The live sandbox of a Pod by UID (None when it has none now)."""
         worker = self.workers.get(uid)
@@ -681,6 +685,15 @@ class MiniKubelet:
         from kubernetes.client.exceptions import ApiException
 
         selector = f"spec.nodeName={self.node_name}"
+        try:  # cordon first, so controllers' replacements are not bound here meanwhile
+            self.core.patch_node(
+                self.node_name,
+                {"spec": {"unschedulable": True}},
+                _content_type=SMP,
+                _request_timeout=self.request_timeout,
+            )
+        except Exception as exc:
+            log.debug("cordoning node %s: %s", self.node_name, exc)
         try:
             pods = self.core.list_pod_for_all_namespaces(
                 field_selector=selector, _request_timeout=self.request_timeout
@@ -1222,8 +1235,10 @@ class MiniKubelet:
         )
 
 
-def run_forever(api_client: Any, **kwargs: Any) -> None:
-    """Run a MiniKubelet until SIGINT/SIGTERM (used by `kopeck demo` and by hand)."""
+def run_forever(
+    api_client: Any, on_ready: Callable[[MiniKubelet], None] | None = None, **kwargs: Any
+) -> None:
+    """Run a MiniKubelet until SIGINT/SIGTERM (for `kopeck demo` and by hand), then clean up."""
     done = threading.Event()
     previous: dict[signal.Signals, Any] = {}
 
@@ -1233,7 +1248,9 @@ def run_forever(api_client: Any, **kwargs: Any) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, handler)
     try:
-        with MiniKubelet(api_client, **kwargs):
+        with MiniKubelet(api_client, **kwargs) as kubelet:
+            if on_ready is not None:
+                on_ready(kubelet)
             done.wait()
     finally:
         for sig, h in previous.items():
