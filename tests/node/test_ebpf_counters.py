@@ -312,6 +312,7 @@ def test_removed_cgroup_is_reported_once_then_dropped(
         assert not side.exists()
         final = reader.read()
         assert final[side_id].tx_bytes >= live[side_id].tx_bytes
+        assert reader.cgroup_path(side_id) == side  # the last counts still map to the pod
         assert side_id not in reader.read()
         keys = {sc_id for sc_id, _ in reader.read_raw()}
         assert side_id not in keys

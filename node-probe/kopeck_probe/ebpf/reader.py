@@ -78,7 +78,6 @@ class CgroupIndex:
         try:
             return path.stat().st_ino == cgroup_id
         except FileNotFoundError:
-            del self.paths[cgroup_id]
             return False
 
 
@@ -108,6 +107,7 @@ class EbpfReader:
         self._attached: list[tuple[int, int]] = []  # (prog fd, attach type) for prog_attach
         self._batch = True
         self._reads = 0
+        self._gone: dict[int, Path] = {}
         self.prune_every = max(1, prune_every)
         self._lookup_and_delete = True
         self.closed = False
@@ -223,6 +223,8 @@ class EbpfReader:
             final = self._final(pack_key(cgroup_id, direction))
             if final is not None:
                 out[(cgroup_id, direction)] = sum_percpu(final, self.ncpus)
+        # keep the removed cgroups' paths until the next read, so their last counts map to a pod
+        self._gone = {i: self.index.paths.pop(i) for i in stale if i in self.index.paths}
         return out
 
     def read(self) -> dict[int, Counters]:
@@ -246,8 +248,9 @@ class EbpfReader:
         return self._counts_fd
 
     def cgroup_path(self, cgroup_id: int) -> Path | None:
-        """The directory of a cgroup id seen by this reader (None if never seen or removed)."""
-        return self.index.paths.get(cgroup_id)
+        """The directory of a cgroup id in the last read, also of one removed since (whose
+        final counts that read returned); None for an id never seen while it existed."""
+        return self.index.paths.get(cgroup_id) or self._gone.get(cgroup_id)
 
     def missed(self) -> tuple[int, int]:
         """(bytes, packets) not counted per cgroup because the map was full."""
