@@ -262,9 +262,9 @@ def test_softflowd_export_per_pod_matches_nfdump_and_ebpf(version: int, tmp_path
 
     if ebpf_after:
         for uid in uids:
-            for i, direction in enumerate(("tx", "rx")):
+            for i, way in enumerate(("tx", "rx")):
                 counted = ebpf_after[uid][i] - ebpf_before[uid][i]
-                print(f"{uid[:8]} {direction}: flows {ours[uid, direction][0]} eBPF {counted}")
+                print(f"{uid[:8]} {way}: flows {ours[uid, way][0]} eBPF {counted}")
         # a -> b, client sending: within 2%. (The reversed transfer, server sending, was
         # seen ~2% short by softflowd's capture on the bridge in every run: reported.)
         for uid, i, direction in ((a.uid, 0, "tx"), (b.uid, 1, "rx")):
