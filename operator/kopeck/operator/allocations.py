@@ -1,0 +1,244 @@
+"""Allocation objects: checkpoints of the accumulators, restore at start, freezing at period end.
+
+A report is acknowledged only after the records it changed are written here, so the probe
+keeps (and resends) anything an operator crash could lose; the per-record `folded` marks
+make those resends exactly-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+import time
+from typing import Any
+
+from kopeck.accounting.ledger import (
+    Accumulator,
+    WorkloadKey,
+    allocation_name,
+    from_status,
+    status_patch,
+)
+from kopeck.accounting.periods import PeriodKind, PeriodWindow, as_utc, period_at
+from kopeck.api.allocation import PERIOD_LABEL, WORKLOAD_KIND_LABEL
+from kopeck.api.common import API_VERSION
+from kopeck.operator.kube import ApiError, resource_path
+from kopeck.operator.state import AccKey, State
+
+log = logging.getLogger("kopeck.allocations")
+PLURAL = "allocations"
+_MONTH = re.compile(r"^\d{4}-\d{2}$")
+_WEEK = re.compile(r"^\d{4}-W\d{2}$")
+
+
+class FlushError(Exception):
+    """A checkpoint could not be written; unacknowledged reports will be resent."""
+
+
+def allocation_body(acc: Accumulator) -> dict[str, Any]:
+    """The Allocation object (without status) for an accumulator."""
+    key = acc.key
+    ref: dict[str, Any] = {"apiVersion": key.api_version or "v1", "kind": key.kind, "name": key.name}
+    if key.kind not in ("Namespace", "Node"):
+        ref["namespace"] = key.namespace
+    spec: dict[str, Any] = {
+        "workloadRef": ref,
+        "period": {
+            "name": acc.period.name,
+            "start": acc.period.start.isoformat().replace("+00:00", "Z"),
+            "end": acc.period.end.isoformat().replace("+00:00", "Z"),
+        },
+    }
+    if acc.policy:
+        spec["policyRef"] = {"name": acc.policy}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Allocation",
+        "metadata": {
+            "name": allocation_name(key, acc.period.name),
+            "namespace": key.namespace,
+            "labels": {PERIOD_LABEL: acc.period.name, WORKLOAD_KIND_LABEL: key.kind},
+        },
+        "spec": spec,
+    }
+
+
+def window_from_spec(period: dict[str, Any]) -> PeriodWindow | None:
+    """The PeriodWindow an Allocation's spec.period names."""
+    name = str(period.get("name", ""))
+    try:
+        start = as_utc(dt.datetime.fromisoformat(str(period["start"]).replace("Z", "+00:00")))
+    except (KeyError, ValueError):
+        return None
+    kind: PeriodKind = (
+        "Monthly" if _MONTH.match(name) else "Weekly" if _WEEK.match(name) else "Daily"
+    )
+    window = period_at(kind, start)
+    return window if window.name == name else None
+
+
+class Checkpointer:
+    """Batches dirty accumulators into status writes; reports wait for their batch."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.generation = 0
+        self.flushed = 0
+        self._wake = asyncio.Event()
+        self._done = asyncio.Condition()
+        self._failed_at = -1
+        self._existing: set[tuple[str, str]] = set()
+        self.writes = 0
+        self.flush_seconds = 0.0
+
+    def bump(self) -> int:
+        """Note new dirty state; the returned generation is durable once `flushed` reaches it."""
+        self.generation += 1
+        self._wake.set()
+        return self.generation
+
+    async def wait_durable(self, generation: int, timeout: float = 20.0) -> None:
+        """Wait until a flush covering `generation` succeeded; FlushError if it failed."""
+        async def _cond() -> None:
+            async with self._done:
+                await self._done.wait_for(
+                    lambda: self.flushed >= generation or self._failed_at >= generation
+                )
+        await asyncio.wait_for(_cond(), timeout)
+        if self.flushed < generation:
+            raise FlushError("checkpoint failed; the report will be resent")
+
+    async def run(self) -> None:
+        """The flush loop (one per operator)."""
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.state.settings.checkpoint_interval)
+            self._wake.clear()
+            generation = self.generation
+            ok = await self.flush()
+            async with self._done:
+                if ok:
+                    self.flushed = max(self.flushed, generation)
+                else:
+                    self._failed_at = max(self._failed_at, generation)
+                    self._wake.set()  # retry soon
+                self._done.notify_all()
+            if not ok:
+                await asyncio.sleep(1.0)
+
+    async def flush(self) -> bool:
+        """Write every dirty record; failed ones stay dirty. True when all succeeded."""
+        state = self.state
+        keys, state.dirty = state.dirty, set()
+        if not keys:
+            return True
+        started = time.monotonic()
+        snapshot: list[tuple[AccKey, Accumulator, dict[str, Any]]] = []
+        for akey in keys:
+            acc = state.accs.get(akey)
+            if acc is None:
+                continue
+            hist = state.histories.get(acc.key)
+            if hist is not None and hist.containers and acc.key.kind not in ("Namespace", "Node"):
+                acc.extra["histograms"] = hist.to_checkpoint()
+            snapshot.append((akey, acc, status_patch(acc)))
+        sem = asyncio.Semaphore(16)
+        failed: list[AccKey] = []
+
+        async def write(akey: AccKey, acc: Accumulator, status: dict[str, Any]) -> None:
+            async with sem:
+                try:
+                    await self.write(acc, status)
+                except (TimeoutError, ApiError, OSError) as exc:
+                    log.warning("checkpoint of %s/%s failed: %s", akey[0].ref, akey[1], exc)
+                    failed.append(akey)
+
+        await asyncio.gather(*(write(*item) for item in snapshot))
+        state.dirty |= set(failed)
+        state.counters["checkpoint_writes"] += len(snapshot) - len(failed)
+        state.counters["checkpoint_failures"] += len(failed)
+        self.flush_seconds += time.monotonic() - started
+        return not failed
+
+    async def write(self, acc: Accumulator, status: dict[str, Any]) -> None:
+        """Create the Allocation if needed, then write its status."""
+        body = allocation_body(acc)
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        kube = self.state.kube
+        path = resource_path(API_VERSION, PLURAL, ns, name, "status")
+        if (ns, name) not in self._existing:
+            try:
+                await kube.create(resource_path(API_VERSION, PLURAL, ns), body)
+            except ApiError as exc:
+                if exc.not_found and acc.key.kind == "Node":
+                    await self._ensure_namespace(ns)
+                    await kube.create(resource_path(API_VERSION, PLURAL, ns), body)
+                elif not exc.conflict:
+                    raise
+            self._existing.add((ns, name))
+        try:
+            await kube.merge_patch(path, {"status": status})
+        except ApiError as exc:
+            if exc.not_found:  # deleted behind our back: recreate next time
+                self._existing.discard((ns, name))
+            raise
+        self.writes += 1
+
+    async def _ensure_namespace(self, ns: str) -> None:
+        try:
+            await self.state.kube.create(
+                "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                       "metadata": {"name": ns}}
+            )
+        except ApiError as exc:
+            if not exc.conflict:
+                raise
+
+
+async def restore(state: State) -> int:
+    """Load every Allocation of the current and previous periods into accumulators."""
+    listing = await state.kube.get(resource_path(API_VERSION, PLURAL))
+    now = dt.datetime.now(dt.UTC)
+    restored = 0
+    for item in listing.get("items") or []:
+        spec = item.get("spec") or {}
+        ref = spec.get("workloadRef") or {}
+        window = window_from_spec(spec.get("period") or {})
+        if window is None or window.end < now - dt.timedelta(days=40):
+            continue
+        ns = item["metadata"]["namespace"]
+        key = WorkloadKey(ns, str(ref.get("kind", "")), str(ref.get("name", "")),
+                          str(ref.get("apiVersion", "v1")))
+        policy = (spec.get("policyRef") or {}).get("name")
+        try:
+            acc = from_status(key, window, item.get("status"), policy)
+        except ValueError as exc:
+            log.warning("allocation %s/%s has an unreadable status: %s", ns,
+                        item["metadata"]["name"], exc)
+            continue
+        state.accs[(key, window.name)] = acc
+        hist = acc.extra.get("histograms")
+        if hist and key not in state.histories:
+            from kopeck.rightsizing.history import WorkloadHistory
+
+            state.histories[key] = WorkloadHistory.from_checkpoint(hist)
+        restored += 1
+    return restored
+
+
+def close_ended(state: State, now: dt.datetime) -> list[AccKey]:
+    """Freeze records whose period ended more than the grace ago; drop long-closed ones."""
+    grace = dt.timedelta(seconds=state.settings.close_grace)
+    closed = []
+    for akey, acc in list(state.accs.items()):
+        if acc.closed:
+            if acc.period.end + dt.timedelta(days=40) < now and akey not in state.dirty:
+                del state.accs[akey]
+            continue
+        if acc.period.end + grace <= now:
+            acc.closed = True
+            state.dirty.add(akey)
+            closed.append(akey)
+    return closed

@@ -1,0 +1,158 @@
+"""`kopeck operator`: run the operator — watches, ingest, status, audit, admission webhook.
+
+kopf runs the watches and the admission handlers; next to it, in the same event loop, run
+the HTTPS ingest endpoint, the checkpointer, the status writer, the audit sweep and the
+webhook registration. With --peering two replicas share the work as kopf peers: one
+active, the other on standby until the active one goes away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import random
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import kopf
+from kopf._core.engines.peering import Identity
+
+from kopeck.operator.settings import Settings
+
+log = logging.getLogger("kopeck.operator")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `kopeck operator` (each also read from KOPECK_<NAME>)."""
+    Settings.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until SIGINT/SIGTERM."""
+    settings = Settings.from_args(args)
+    logging.basicConfig(
+        level=logging.DEBUG if settings.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("kopf.objects", "aiohttp.access", "kopf._core.reactor.observation"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if settings.kubeconfig:
+        os.environ["KUBECONFIG"] = settings.kubeconfig
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main(settings))
+    return 0
+
+
+async def main(settings: Settings) -> None:
+    """Start everything and run kopf until it stops."""
+    from kopeck.operator import (  # noqa: F401  (the imports register kopf handlers)
+        costpolicies,
+        namespaces,
+        nodes,
+        pods,
+        webhook,
+    )
+    from kopeck.operator.allocations import Checkpointer, restore
+    from kopeck.operator.anomalies import AnomalyBook
+    from kopeck.operator.audit import status_loop, sweep_loop
+    from kopeck.operator.ingest import Ingest, announce
+    from kopeck.operator.kube import Credentials, Kube
+    from kopeck.operator.leader import ensure_peering, follow
+    from kopeck.operator.metrics import serve_health
+    from kopeck.operator.state import State
+    from kopeck.operator.tls import ensure_serving_cert
+    from kopeck.operator.workloads import OwnerResolver
+
+    kube = Kube(Credentials.load(settings.kubeconfig))
+    state = State(settings=settings, kube=kube, resolver=OwnerResolver(kube))
+    state.anomaly = AnomalyBook()
+    cert_dir = settings.cert_dir or Path(tempfile.mkdtemp(prefix="kopeck-operator-tls-"))
+    host = settings.advertise_host or settings.bind
+    cert = ensure_serving_cert(cert_dir, [host, settings.bind, "localhost", "127.0.0.1"])
+    log.info("serving certificate in %s (CA: %s)", cert_dir, cert.ca_file)
+
+    status_wake = asyncio.Event()
+    hook_wake = asyncio.Event()
+
+    def kick() -> None:
+        status_wake.set()
+        hook_wake.set()
+
+    checkpointer = Checkpointer(state)
+
+    async def on_hits(hits: list[Any]) -> None:
+        await announce(state, hits, kick)
+
+    ingest = Ingest(state, checkpointer, on_hits=on_hits)
+    await ingest.serve(settings.bind, settings.ingest_port, cert.server_context())
+    log.info("ingest on https://%s:%d/v1/reports", host, settings.ingest_port)
+    if settings.health_port:
+        await serve_health(settings.bind, settings.health_port, state)
+
+    identity = f"kopeck-{socket.gethostname()}-{os.getpid()}"
+    priority = settings.priority if settings.priority is not None else random.randint(1, 10**6)
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def on_change(active: bool) -> None:
+        if active:  # the previous leader checkpointed everything it acknowledged
+            state.accs.clear()
+            state.seen.clear()
+            state.histories.clear()
+            state.dirty.clear()
+            count = await restore(state)
+            log.info("restored %d allocations", count)
+        state.active = active
+        kick()
+
+    if settings.peering:
+        await ensure_peering(kube, settings.peering)
+        state.active = False
+        tasks.append(asyncio.create_task(
+            follow(kube, settings.peering, identity, priority, on_change)
+        ))
+    else:
+        log.info("restored %d allocations", await restore(state))
+    tasks.append(asyncio.create_task(checkpointer.run()))
+    tasks.append(asyncio.create_task(status_loop(state, status_wake)))
+    tasks.append(asyncio.create_task(
+        sweep_loop(state, kick, max(10.0, settings.status_interval * 6))
+    ))
+
+    ks = kopf.OperatorSettings()
+    ks.posting.level = logging.WARNING
+    ks.peering.lifetime = settings.peering_lifetime
+    ks.watching.server_timeout = 300
+    ks.networking.request_timeout = 60
+    if settings.webhook:
+        from kopeck.operator.webhook import PolicyRoutingWebhookServer, manage_configuration
+
+        webhook.register()
+        ks.admission.server = PolicyRoutingWebhookServer(
+            addr=settings.bind, port=settings.webhook_port, host=host,
+            context=cert.server_context(), cadata=cert.ca_pem,
+        )
+        ks.admission.managed = None  # we manage it: one webhook per policy
+        ca_bundle = base64.b64encode(cert.ca_pem).decode()
+        url = f"https://{host}:{settings.webhook_port}"
+        tasks.append(asyncio.create_task(manage_configuration(state, url, ca_bundle, hook_wake)))
+    memo = kopf.Memo(state=state, kick=kick)
+    try:
+        await kopf.operator(
+            clusterwide=True,
+            settings=ks,
+            memo=memo,
+            standalone=not settings.peering,
+            peering_name=settings.peering,
+            priority=priority,
+            identity=Identity(identity),
+        )
+    finally:
+        for task in tasks:
+            task.cancel()
+        await kube.close()

@@ -1,0 +1,270 @@
+"""CostPolicy: the cache of specs, and the status writer (spent, forecast, conditions, Events).
+
+The figures come from the accumulators through kopeck.accounting.budget; this module only
+gathers them and writes them, once per status interval or at once after an anomaly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from kopeck.accounting.budget import (
+    forecast,
+    newly_crossed,
+    remaining,
+    run_rate,
+    thresholds_reached,
+)
+from kopeck.accounting.ledger import NODE_KIND
+from kopeck.accounting.matching import NamedPolicy, namespace_in_scope
+from kopeck.accounting.periods import PeriodWindow, period_at
+from kopeck.accounting.summary import micro, money_text
+from kopeck.api.allocation import NAMESPACE_TOTAL_KIND
+from kopeck.api.common import API_VERSION, GROUP, VERSION
+from kopeck.api.costpolicy import CostPolicySpec
+from kopeck.operator import metrics
+from kopeck.operator.conditions import post_event, set_condition
+from kopeck.operator.kube import ApiError, resource_path
+from kopeck.operator.state import PolicyEntry, State, period_kind, spawn
+
+log = logging.getLogger("kopeck.costpolicies")
+PLURAL = "costpolicies"
+SILENT_INTERVALS = 3
+
+
+def _ts(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_policy(body: Mapping[str, Any]) -> tuple[CostPolicySpec | None, str | None]:
+    """The spec, or why it is invalid (the CRD schema should have refused it already)."""
+    try:
+        return CostPolicySpec.model_validate(body.get("spec") or {}), None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return None, f"spec.{where}: {first.get('msg')}"
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def policy_event(
+    event: Mapping[str, Any], body: Mapping[str, Any], memo: Any, **_: Any
+) -> None:
+    """Keep the policy cache current and wake the status writer."""
+    state: State = memo.state
+    meta = body.get("metadata") or {}
+    name = str(meta.get("name", ""))
+    if event.get("type") == "DELETED":
+        state.policies.pop(name, None)
+        return
+    spec, invalid = parse_policy(body)
+    generation = int(meta.get("generation") or 0)
+    old = state.policies.get(name)
+    if spec is None:
+        if old is None:
+            spec = CostPolicySpec.model_validate(
+                {"pricing": {"rateCard": {"cpuCoreHour": 0, "memoryGiBHour": 0}}}
+            )
+        else:
+            spec = old.named.spec
+    state.policies[name] = PolicyEntry(
+        NamedPolicy(name, spec, generation), dict(body.get("status") or {}), invalid,
+        str(meta.get("resourceVersion") or "") or None,
+    )
+    kick = getattr(memo, "kick", None)
+    if callable(kick):
+        kick()
+
+
+def policy_spent(state: State, name: str, window: PeriodWindow) -> Decimal:
+    """Money spent this period by workloads the policy priced."""
+    return sum(
+        (acc.total for acc in state.accs.values()
+         if acc.policy == name and acc.period.name == window.name
+         and acc.key.kind not in (NAMESPACE_TOTAL_KIND, NODE_KIND)),
+        Decimal(0),
+    )
+
+
+def silent_nodes(state: State, now_s: float) -> list[str]:
+    """Nodes that reported before but not in the last three probe intervals."""
+    limit = SILENT_INTERVALS * state.settings.probe_interval
+    return sorted(n for n, t in state.node_seen.items() if now_s - t > limit)
+
+
+def compute_status(
+    state: State, entry: PolicyEntry, now: dt.datetime, now_s: float
+) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """The new status of one policy and the Events to record (reason, message, type)."""
+    policy = entry.named
+    spec = policy.spec
+    prev = entry.status
+    kind = period_kind(policy)
+    window = period_at(kind, now)
+    currency = spec.pricing.currency
+    spent = policy_spent(state, policy.name, window)
+    rate = state.spend_rates.get(policy.name)
+    if rate is None:
+        rate = run_rate(spent, window, now)
+    fc = forecast(spent, rate, window, now)
+    conditions: list[dict[str, Any]] = [dict(c) for c in prev.get("conditions") or []]
+    gen = policy.generation
+    events: list[tuple[str, str, str]] = []
+    if entry.invalid:
+        set_condition(conditions, "Ready", False, "InvalidSpec", entry.invalid, now, gen)
+    else:
+        set_condition(conditions, "Ready", True, "Reconciled",
+                      "prices and budget in force", now, gen)
+    status: dict[str, Any] = {
+        "period": window.name,
+        "periodStart": _ts(window.start),
+        "periodEnd": _ts(window.end),
+        "currency": currency,
+        "spent": str(micro(spent)),
+        "forecast": str(micro(fc)),
+        "matchedNamespaces": sorted(
+            ns for ns, labels in state.namespaces.items() if namespace_in_scope(policy, labels)
+        ),
+        "observedGeneration": gen,
+    }
+    crossed_prev = prev.get("thresholdsCrossed") or [] if prev.get("period") == window.name else []
+    budget = spec.budget
+    if budget is not None:
+        amount = budget.amount
+        status["remaining"] = str(micro(remaining(amount, spent)))
+        reached = thresholds_reached(amount, spent, budget.thresholds)
+        for t in newly_crossed(reached, crossed_prev):
+            events.append((
+                "BudgetThreshold",
+                f"CostPolicy {policy.name}: spent {money_text(spent, currency)} of "
+                f"{money_text(amount, currency)} ({t}% threshold) in {window.name}",
+                "Warning" if t >= 80 else "Normal",
+            ))
+        status["thresholdsCrossed"] = sorted(set(crossed_prev) | set(reached))
+        warn_at = [t for t in budget.thresholds if t < 100]
+        warned = bool(warn_at) and spent * 100 >= amount * min(warn_at)
+        exceeded = spent >= amount
+        forecast_over = fc > amount
+        set_condition(
+            conditions, "BudgetWarning", warned or forecast_over,
+            "ThresholdCrossed" if warned else "ForecastOverBudget" if forecast_over else "WithinBudget",
+            f"spent {money_text(spent, currency)}, forecast {money_text(fc, currency)} "
+            f"of {money_text(amount, currency)}", now, gen,
+        )
+        set_condition(
+            conditions, "BudgetExceeded", exceeded,
+            "SpentOverBudget" if exceeded else "WithinBudget",
+            f"spent {money_text(spent, currency)} of {money_text(amount, currency)} "
+            f"in {window.name}", now, gen,
+        )
+        metrics.BUDGET.labels(policy.name, currency).set(float(amount))
+    anomalies = state.anomaly.current(policy.name) if state.anomaly is not None else []
+    set_condition(
+        conditions, "AnomalyDetected", bool(anomalies),
+        "SpendRateAnomaly" if anomalies else "NoAnomaly",
+        "; ".join(anomalies)[:1000] if anomalies else "spend rates within their baselines",
+        now, gen,
+    )
+    silent = silent_nodes(state, now_s)
+    prev_silent = set(prev.get("silentNodes") or [])
+    if set(silent) != prev_silent:
+        for node in sorted(set(silent) - prev_silent):
+            events.append((
+                "ProbeSilent",
+                f"node {node}: no probe report for {SILENT_INTERVALS} intervals "
+                f"({SILENT_INTERVALS * state.settings.probe_interval:g}s); its usage is not "
+                "being billed — check the kopeck node-probe DaemonSet on it",
+                "Warning",
+            ))
+    status["silentNodes"] = silent
+    set_condition(
+        conditions, "ProbesReporting", not silent,
+        "ProbesSilent" if silent else "AllReporting",
+        f"silent: {', '.join(silent)}" if silent else "every known node's probe reports",
+        now, gen,
+    )
+    status["conditions"] = conditions
+    metrics.SPENT.labels(policy.name, currency).set(float(spent))
+    metrics.FORECAST.labels(policy.name, currency).set(float(fc))
+    return status, events
+
+
+def _comparable(status: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in status.items() if k not in ("reservations", "reserved")}
+    out["conditions"] = [
+        {k: v for k, v in c.items() if k != "lastTransitionTime"}
+        for c in status.get("conditions") or []
+    ]
+    return out
+
+
+async def write_status(state: State, entry: PolicyEntry, now: dt.datetime) -> None:
+    """Compute and (when changed) write one policy's status; record its Events."""
+    status, events = compute_status(state, entry, now, time.time())
+    reservations = prune_reservations(state, entry, now)
+    if reservations is None and _comparable(status) == _comparable(entry.status) and not events:
+        return
+    path = resource_path(API_VERSION, PLURAL, None, entry.named.name, "status")
+    body: dict[str, Any] = {"status": status}
+    if reservations is not None:
+        current = entry.resource_version
+        body["status"]["reservations"] = reservations
+        body["status"]["reserved"] = str(
+            sum((Decimal(r["amount"]) for r in reservations), Decimal(0))
+        )
+        if current:
+            body["metadata"] = {"resourceVersion": current}
+    try:
+        result = await state.kube.merge_patch(path, body)
+    except ApiError as exc:
+        if exc.conflict:  # the webhook reserved meanwhile: prune next time
+            body.pop("metadata", None)
+            body["status"].pop("reservations", None)
+            body["status"].pop("reserved", None)
+            result = await state.kube.merge_patch(path, body)
+        elif exc.not_found:
+            return
+        else:
+            raise
+    entry.status = dict(result.get("status") or {})
+    entry.resource_version = (result.get("metadata") or {}).get("resourceVersion")
+    involved = {"apiVersion": API_VERSION, "kind": "CostPolicy", "name": entry.named.name,
+                "uid": (result.get("metadata") or {}).get("uid")}
+    for reason, message, type_ in events:
+        spawn(post_event(state.kube, involved, reason, message, type_=type_, now=now))
+
+
+def prune_reservations(
+    state: State, entry: PolicyEntry, now: dt.datetime
+) -> list[dict[str, Any]] | None:
+    """Reservations still needed, or None when nothing is to be released.
+
+    A reservation ends when it expires, or when its workload's own usage shows up in this
+    period (real spend then carries it in `spent` and the forecast).
+    """
+    current = list(entry.status.get("reservations") or [])
+    if not current:
+        return None
+    window = period_at(period_kind(entry.named), now)
+    reporting = {
+        acc.key.ref for acc in state.accs.values()
+        if acc.period.name == window.name and acc.last_report is not None
+    }
+    keep = []
+    for r in current:
+        try:
+            expires = dt.datetime.fromisoformat(str(r.get("expires")).replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if expires <= now or r.get("key") in reporting:
+            continue
+        keep.append(r)
+    return keep if len(keep) != len(current) else None

@@ -1,0 +1,220 @@
+"""Folding one probe report into the accumulators: attribution, pricing, idle, de-dup.
+
+No I/O: the caller first makes sure every pod in the report is known (ingest.py), then
+calls `fold_report`, which runs without awaiting and so is atomic within the event loop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from kopeck.accounting.cost import (
+    NodeInterval,
+    PodCost,
+    PodInterval,
+    money,
+    pod_cost,
+    share_idle,
+)
+from kopeck.accounting.ledger import NODE_KIND, WorkloadKey, namespace_total_key
+from kopeck.accounting.matching import NamedPolicy
+from kopeck.accounting.periods import split_interval
+from kopeck.accounting.prices import NodeFacts, Rates, rates_for_node
+from kopeck.accounting.seqs import SeqSet
+from kopeck.api.report import PodUsage, ProbeReport
+from kopeck.operator.state import AccKey, PodInfo, State, period_kind
+from kopeck.operator.workloads import Workload
+
+ZERO = Decimal(0)
+NO_RATES = Rates(currency="USD", cpu_core_second=ZERO, memory_byte_second=ZERO)
+
+
+@dataclass
+class FoldResult:
+    """What one report changed, for the ack, metrics and anomaly detection."""
+
+    duplicate: bool = False
+    touched: set[AccKey] = field(default_factory=set)
+    unattributed: int = 0
+    late: int = 0
+    seconds: Decimal = ZERO
+    spend_by_workload: dict[WorkloadKey, Decimal] = field(default_factory=dict)
+    spend_by_namespace: dict[str, Decimal] = field(default_factory=dict)
+    spend_by_policy: dict[str, Decimal] = field(default_factory=dict)
+    policy_by_workload: dict[WorkloadKey, str] = field(default_factory=dict)
+
+
+def node_facts(state: State, report: ProbeReport) -> NodeFacts:
+    """The node's labels from its Node object and its capacity from there or the report."""
+    known = state.nodes.get(report.node)
+    info = report.node_info
+    labels = dict(known.labels) if known else {}
+    if info is not None and info.cpu_factor != 1.0 and "cost.kopeck.io/cpu-factor" not in labels:
+        labels["cost.kopeck.io/cpu-factor"] = repr(info.cpu_factor)
+    cores = known.cpu_cores if known and known.cpu_cores > 0 else (
+        Decimal(repr(info.cpu_cores)) if info else ZERO
+    )
+    memory = known.memory_bytes if known and known.memory_bytes > 0 else (
+        info.memory_bytes if info else 0
+    )
+    return NodeFacts(report.node, labels, cores, memory, known.gpus if known else 0)
+
+
+def pod_interval(pod: PodUsage, info: PodInfo | None, interval_seconds: Decimal) -> PodInterval:
+    """Join a pod's measured usage with its requests into a pricing input."""
+    seconds = Decimal(repr(pod.seconds)) if pod.seconds > 0 else interval_seconds
+    seconds = min(seconds, interval_seconds) if interval_seconds > 0 else seconds
+    mem_s = Decimal(repr(pod.memory_byte_seconds))
+    if mem_s == 0:
+        mem_s = Decimal(pod.memory_working_set_bytes) * seconds
+    net: dict[str, int] = defaultdict(int)
+    for n in pod.network:
+        net[n.traffic_class] += n.bytes
+    io = sum(c.io_read_bytes + c.io_write_bytes for c in pod.containers)
+    shape = info.shape if info else None
+    return PodInterval(
+        uid=pod.uid,
+        seconds=seconds,
+        cpu_core_seconds=Decimal(repr(pod.cpu_core_seconds)),
+        cpu_request_cores=shape.cpu_cores if shape else ZERO,
+        memory_byte_seconds=mem_s,
+        memory_request_bytes=shape.memory_bytes if shape else ZERO,
+        gpus=shape.gpus if shape else ZERO,
+        storage_bytes=info.storage_bytes if info else ZERO,
+        network_bytes=dict(net),
+        memory_peak_bytes=max(pod.memory_peak_bytes, pod.memory_working_set_bytes),
+        io_bytes=io,
+    )
+
+
+def _node_policy(state: State, policies: list[NamedPolicy | None]) -> NamedPolicy | None:
+    """The policy that prices a node's idle: the one most of its pods use, else the
+    highest-priority policy whose namespace selector is empty (cluster-wide)."""
+    counts: dict[str, int] = defaultdict(int)
+    by_name: dict[str, NamedPolicy] = {}
+    for p in policies:
+        if p is not None:
+            counts[p.name] += 1
+            by_name[p.name] = p
+    if counts:
+        return by_name[min(counts, key=lambda n: (-counts[n], n))]
+    wide = [p for p in state.valid_policies() if p.spec.scope.namespace_selector.is_empty()]
+    return min(wide, key=lambda p: (-p.spec.scope.priority, p.name)) if wide else None
+
+
+def resolve_pod(state: State, pod: PodUsage) -> PodInfo | None:
+    """The cached pod for a reported one, by uid, else by namespace/name."""
+    info = state.pods.get(pod.uid)
+    if info is None and pod.namespace and pod.name:
+        uid = state.pod_uids.get((pod.namespace, pod.name))
+        info = state.pods.get(uid) if uid else None
+    return info
+
+
+def fold_report(state: State, report: ProbeReport, now: dt.datetime) -> FoldResult:
+    """Price a report and fold it into every record it concerns, each exactly once."""
+    result = FoldResult()
+    mark_key = f"{report.node}/{report.boot_id}"
+    global_seen = state.seen.setdefault(mark_key, SeqSet())
+    if report.seq in global_seen:
+        result.duplicate = True
+        return result
+    start, end = report.interval_start, report.interval_end
+    interval_s = Decimal(repr(max(0.0, (end - start).total_seconds())))
+    result.seconds = interval_s
+    facts = node_facts(state, report)
+    cpu_factor = facts.cpu_factor
+
+    entries: list[tuple[PodUsage, PodInfo | None, Workload, NamedPolicy | None, PodInterval]] = []
+    for pod in report.pods:
+        info = resolve_pod(state, pod)
+        if info is None:
+            if not pod.namespace:
+                result.unattributed += 1
+                continue
+            name = pod.name or pod.uid
+            workload = Workload(WorkloadKey(pod.namespace, "Pod", name, "v1"))
+            result.unattributed += 1
+        else:
+            workload = info.workload
+        policy = state.policy_for(workload.key.namespace, workload.labels)
+        entries.append((pod, info, workload, policy, pod_interval(pod, info, interval_s)))
+
+    costs: list[PodCost] = []
+    for _, _, _, policy, pi in entries:
+        rates = rates_for_node(policy.spec.pricing, facts) if policy else NO_RATES
+        costs.append(pod_cost(pi, rates))
+    node_pol = _node_policy(state, [e[3] for e in entries])
+    node_rates = rates_for_node(node_pol.spec.pricing, facts) if node_pol else NO_RATES
+    allocated = sum((c.compute for c in costs), ZERO)
+    capacity_known = facts.cpu_cores > 0 or node_rates.node_second is not None
+    node_cost = money(node_rates.node_cost_per_second(facts) * interval_s) if capacity_known else (
+        allocated
+    )
+    interval = NodeInterval(report.node, interval_s, node_cost, tuple(costs), node_cost - allocated)
+    if state.settings.share_idle:
+        interval = share_idle(interval)
+
+    touched: set[AccKey] = set()
+    held = 0
+    cpu_seen: dict[AccKey, list[Decimal]] = defaultdict(lambda: [ZERO, ZERO, ZERO])
+    for (pod, _info, workload, policy, pi), cost in zip(entries, interval.pods, strict=True):
+        kind = period_kind(policy)
+        fresh = False
+        for window, frac in split_interval(kind, start, end):
+            for key in (workload.key, namespace_total_key(workload.key.namespace)):
+                acc = state.accumulator(key, window, policy)
+                akey = (key, window.name)
+                if acc.closed and acc.period.end <= now:
+                    result.late += 1  # the period is over: its records are frozen
+                    continue
+                if acc.closed:  # closed by the audit sweep, but the workload reports again
+                    acc.closed = False
+                if acc.holds(report.node, report.boot_id, report.seq):
+                    held += 1
+                    continue
+                acc.add(pi, cost, fraction=frac, cpu_factor=cpu_factor)
+                touched.add(akey)
+                if key == workload.key:
+                    fresh = True
+                    seen = cpu_seen[akey]
+                    seen[0] += pi.cpu_core_seconds * frac
+                    seen[1] += pi.cpu_request_cores * pi.seconds * frac
+                    seen[2] += cost.total * frac
+        spend = cost.total
+        result.spend_by_workload[workload.key] = (
+            result.spend_by_workload.get(workload.key, ZERO) + spend
+        )
+        ns = workload.key.namespace
+        result.spend_by_namespace[ns] = result.spend_by_namespace.get(ns, ZERO) + spend
+        if policy is not None:
+            result.policy_by_workload[workload.key] = policy.name
+            result.spend_by_policy[policy.name] = (
+                result.spend_by_policy.get(policy.name, ZERO) + spend
+            )
+        if fresh and pod.containers:
+            state.history(workload.key).add_pod_usage(pod, start, end)
+
+    if interval.idle != 0 or not entries:
+        node_key = WorkloadKey(state.settings.namespace, NODE_KIND, report.node, "v1")
+        for window, frac in split_interval(period_kind(node_pol), start, end):
+            acc = state.accumulator(node_key, window, node_pol)
+            if acc.closed or acc.holds(report.node, report.boot_id, report.seq):
+                continue
+            acc.add_idle(interval.idle, frac)
+            touched.add((node_key, window.name))
+
+    for akey in touched:
+        acc = state.accs[akey]
+        acc.mark(report.node, report.boot_id, report.seq, end)
+        if akey in cpu_seen:
+            used, requested, cost_total = cpu_seen[akey]
+            acc.observe_cpu(end, used, requested, cost_total)
+    state.dirty |= touched
+    global_seen.add(report.seq)
+    result.touched = touched
+    result.duplicate = held > 0 and not touched  # resent after a restart: all records hold it
+    return result

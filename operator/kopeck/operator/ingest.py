@@ -1,0 +1,276 @@
+"""The HTTPS ingest endpoint for probe reports: authenticate, validate, fold, checkpoint, ack.
+
+Only a ServiceAccount token of an allowed probe account is accepted (TokenReview, cached
+briefly by token hash; the token itself is never logged or kept). A malformed body gets
+400, a duplicate (node, bootId, seq) an ack with duplicate=true, and nothing a client
+sends can crash the server: unexpected errors are counted and answered with 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from kopeck.accounting.ledger import allocation_name
+from kopeck.accounting.periods import period_at
+from kopeck.api.common import API_VERSION
+from kopeck.api.report import ProbeReport, ReportAck
+from kopeck.operator import metrics
+from kopeck.operator.allocations import Checkpointer, FlushError
+from kopeck.operator.anomalies import Hit
+from kopeck.operator.conditions import post_event, set_condition
+from kopeck.operator.fold import fold_report, resolve_pod
+from kopeck.operator.kube import ApiError
+from kopeck.operator.pods import fetch_pod
+from kopeck.operator.state import State, period_kind, spawn, utcnow
+
+log = logging.getLogger("kopeck.ingest")
+INGEST_PATH = "/v1/reports"
+MAX_BODY_BYTES = 64 * 2**20
+MAX_INTERVAL = dt.timedelta(hours=1)
+RATE_WINDOW_SECONDS = 300.0
+"""Spend rates (for forecasts and admission) are measured over this trailing window."""
+
+
+class TokenReviewer:
+    """Who a bearer token belongs to, per the apiserver; answers cached by token hash."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self._cache: dict[str, tuple[float, str | None]] = {}
+        self.reviews = 0
+
+    async def username(self, token: str) -> str | None:
+        """The authenticated username, or None when the token is not valid."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        self.reviews += 1
+        review = await self.state.kube.create(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+             "spec": {"token": token}},
+        )
+        status = review.get("status") or {}
+        user = (status.get("user") or {}).get("username") if status.get("authenticated") else None
+        ttl = self.state.settings.token_cache_seconds if user else min(
+            5.0, self.state.settings.token_cache_seconds
+        )
+        if len(self._cache) > 10_000:
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+        self._cache[digest] = (now + ttl, user)
+        return user
+
+
+class Ingest:
+    """The report endpoint and what happens after a report is folded."""
+
+    def __init__(
+        self,
+        state: State,
+        checkpointer: Checkpointer,
+        on_hits: Callable[[list[Hit]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.state = state
+        self.checkpointer = checkpointer
+        self.reviewer = TokenReviewer(state)
+        self.on_hits = on_hits
+
+    def app(self) -> web.Application:
+        """The aiohttp application (served over TLS by `serve`)."""
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.add_routes([web.post(INGEST_PATH, self.handle), web.post("/", self.handle)])
+        return app
+
+    async def serve(self, host: str, port: int, ssl_context: Any) -> web.AppRunner:
+        """Listen on host:port with TLS."""
+        runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+        return runner
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """POST /v1/reports."""
+        started = time.monotonic()
+        try:
+            return await self._handle(request)
+        except Exception:  # never crash on a client's input; say so and count it
+            log.exception("ingest failed unexpectedly")
+            metrics.REPORTS.labels("error").inc()
+            return _error(500, "internal error; the report will be resent")
+        finally:
+            metrics.INGEST_SECONDS.observe(time.monotonic() - started)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        state = self.state
+        auth = request.headers.get("Authorization", "")
+        if not auth.lower().startswith("bearer ") or not auth[7:].strip():
+            metrics.REPORTS.labels("unauthorized").inc()
+            return _error(401, "a ServiceAccount bearer token is required", challenge=True)
+        try:
+            user = await self.reviewer.username(auth[7:].strip())
+        except (TimeoutError, ApiError, OSError) as exc:
+            log.warning("TokenReview failed: %s", exc)
+            metrics.REPORTS.labels("error").inc()
+            return _error(503, "cannot verify the token now; retry")
+        if user is None:
+            metrics.REPORTS.labels("unauthorized").inc()
+            return _error(401, "the token is not valid", challenge=True)
+        if user not in state.settings.probe_accounts:
+            metrics.REPORTS.labels("forbidden").inc()
+            return _error(403, f"{user} may not post probe reports")
+        if not state.active:
+            metrics.REPORTS.labels("inactive").inc()
+            return _error(503, "this operator replica is on standby; retry", retry_after=1)
+        try:
+            raw = await request.read()
+            report = ProbeReport.model_validate_json(raw)
+        except (ValidationError, ValueError) as exc:
+            metrics.REPORTS.labels("malformed").inc()
+            return _error(400, f"malformed report: {_short(exc)}")
+        if report.interval_end < report.interval_start or (
+            report.interval_end - report.interval_start > MAX_INTERVAL
+        ):
+            metrics.REPORTS.labels("malformed").inc()
+            return _error(400, "malformed report: intervalEnd must follow intervalStart "
+                               "by at most 1h")
+        await self._learn_pods(report)
+        now = utcnow()
+        result = fold_report(state, report, now)
+        state.node_seen[report.node] = time.time()
+        generation = self.checkpointer.bump() if (result.touched or state.dirty) else None
+        if not result.duplicate:
+            state.counters["reports"] += 1
+            state.counters["pods"] += len(report.pods)
+            self._rates(result.spend_by_policy, report.interval_end)
+            hits = self._anomalies(result, report.interval_end)
+            if hits and self.on_hits is not None:
+                await self.on_hits(hits)
+        if generation is not None:
+            try:
+                await self.checkpointer.wait_durable(generation)
+            except (TimeoutError, FlushError):
+                metrics.REPORTS.labels("unsaved").inc()
+                return _error(503, "could not checkpoint; resend later", retry_after=1)
+        metrics.REPORTS.labels("duplicate" if result.duplicate else "accepted").inc()
+        ack = ReportAck(accepted=True, duplicate=result.duplicate)
+        return web.json_response(ack.to_wire())
+
+    async def _learn_pods(self, report: ProbeReport) -> None:
+        """Fetch pods the watch has not delivered yet, so their first report is priced."""
+        missing = [p for p in report.pods
+                   if resolve_pod(self.state, p) is None and p.namespace and p.name]
+        if missing:
+            await asyncio.gather(*(fetch_pod(self.state, p.namespace or "", p.name or "")
+                                   for p in missing[:200]))
+
+    def _rates(self, spend_by_policy: dict[str, Decimal], end: dt.datetime) -> None:
+        """Each policy's spend per second over the last minutes, summed over all nodes."""
+        rate_window = RATE_WINDOW_SECONDS
+        now_s = end.timestamp()
+        for policy, spend in spend_by_policy.items():
+            log_ = self.state.spend_log.setdefault(policy, deque())
+            log_.append((now_s, spend))
+        for policy, log_ in self.state.spend_log.items():
+            while log_ and log_[0][0] < now_s - rate_window:
+                log_.popleft()
+            if not log_:
+                self.state.spend_rates.pop(policy, None)
+                continue
+            span = max(self.state.settings.probe_interval, now_s - log_[0][0]
+                       + self.state.settings.probe_interval)
+            total = sum((s for _, s in log_), Decimal(0))
+            self.state.spend_rates[policy] = total / Decimal(repr(span))
+
+    def _anomalies(self, result: Any, at: dt.datetime) -> list[Hit]:
+        book = self.state.anomaly
+        if book is None:
+            return []
+        hits: list[Hit] = []
+        by_policy: dict[str, dict[Any, Decimal]] = {}
+        for wk, spend in result.spend_by_workload.items():
+            name = result.policy_by_workload.get(wk)
+            if name is not None:
+                by_policy.setdefault(name, {})[wk] = spend
+        for name, spends in by_policy.items():
+            entry = self.state.policies.get(name)
+            if entry is None or entry.invalid:
+                continue
+            hits += book.observe(entry.named, at, result.seconds, spends)
+            # mark workload records
+            for wk in spends:
+                policy = entry.named
+                window_name = None
+                for akey in result.touched:
+                    if akey[0] == wk:
+                        window_name = akey[1]
+                if window_name is None:
+                    continue
+                acc = self.state.accs[(wk, window_name)]
+                conds = acc.extra.setdefault("conditions", [])
+                msg = next((h.anomaly.message for h in hits
+                            if h.workload == wk and h.policy == policy.name), None)
+                changed = set_condition(
+                    conds, "Anomalous", msg is not None,
+                    "SpendRateAnomaly" if msg else "SpendRateNormal",
+                    msg or "spend rate within the baseline", at,
+                )
+                if changed:
+                    self.state.dirty.add((wk, window_name))
+        return hits
+
+
+async def announce(state: State, hits: list[Hit], kick: Callable[[], None]) -> None:
+    """Events and metrics for anomalies; wake the status writer for the policy condition."""
+    for hit in hits:
+        metrics.ANOMALIES.labels(hit.scope).inc()
+        metrics.ANOMALOUS.labels(hit.policy, hit.key).set(1)
+        if not hit.anomaly.first_in_episode:
+            continue
+        if hit.workload is not None:
+            entry = state.policies.get(hit.policy)
+            kind = period_kind(entry.named if entry else None)
+            window = period_at(kind, hit.anomaly.at)
+            involved = {
+                "apiVersion": API_VERSION, "kind": "Allocation",
+                "name": allocation_name(hit.workload, window.name),
+                "namespace": hit.workload.namespace,
+            }
+        else:
+            involved = {"apiVersion": API_VERSION, "kind": "CostPolicy", "name": hit.policy}
+        spawn(post_event(
+            state.kube, involved, "SpendAnomaly", hit.anomaly.message, type_="Warning"
+        ))
+    kick()
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        errs = exc.errors()[:3]
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errs
+        )
+    return str(exc)[:200]
+
+
+def _error(
+    status: int, message: str, *, challenge: bool = False, retry_after: int | None = None
+) -> web.Response:
+    headers = {}
+    if challenge:
+        headers["WWW-Authenticate"] = 'Bearer realm="kopeck-ingest"'
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return web.json_response({"error": message}, status=status, headers=headers)

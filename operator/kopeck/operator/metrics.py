@@ -1,0 +1,55 @@
+"""Prometheus metrics of the operator and the plain-HTTP /healthz and /metrics endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+REGISTRY = CollectorRegistry()
+REPORTS = Counter(
+    "kopeck_reports_total", "Probe reports by outcome", ["result"], registry=REGISTRY
+)
+INGEST_SECONDS = Histogram(
+    "kopeck_ingest_seconds", "Time from receiving a report to its acknowledgement",
+    registry=REGISTRY, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+)
+ADMISSIONS = Counter(
+    "kopeck_admissions_total", "Admission reviews by verdict", ["verdict"], registry=REGISTRY
+)
+ANOMALIES = Counter(
+    "kopeck_spend_anomalies_total", "Spend-rate anomalies detected", ["scope"],
+    registry=REGISTRY,
+)
+ANOMALOUS = Gauge(
+    "kopeck_spend_anomalous", "1 while a namespace or workload spends anomalously",
+    ["policy", "subject"], registry=REGISTRY,
+)
+SPENT = Gauge("kopeck_policy_spent", "Spend this period", ["policy", "currency"],
+              registry=REGISTRY)
+FORECAST = Gauge("kopeck_policy_forecast", "Forecast spend at period end",
+                 ["policy", "currency"], registry=REGISTRY)
+BUDGET = Gauge("kopeck_policy_budget", "Budget amount", ["policy", "currency"],
+               registry=REGISTRY)
+ACTIVE = Gauge("kopeck_operator_active", "1 when this replica leads", registry=REGISTRY)
+
+
+async def serve_health(host: str, port: int, state: Any) -> web.AppRunner:
+    """Start /healthz (200 while the loop runs; says active or standby) and /metrics."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "active": bool(state.active)})
+
+    async def metrics(_: web.Request) -> web.Response:
+        ACTIVE.set(1 if state.active else 0)
+        return web.Response(body=generate_latest(REGISTRY),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.add_routes([web.get("/healthz", healthz), web.get("/metrics", metrics)])
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

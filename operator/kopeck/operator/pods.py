@@ -1,0 +1,103 @@
+"""Pods: the cache that joins probe usage (by pod uid) with requests and workloads."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import kopf
+
+from kopeck.operator.kube import ApiError, resource_path
+from kopeck.operator.state import PodInfo, State
+from kopeck.operator.workloads import container_resources, pod_shape, pvc_bytes, pvc_names
+
+TOMBSTONE_SECONDS = 900.0
+"""Deleted pods are remembered this long: their last reports arrive after the delete."""
+
+_pvc_cache: dict[tuple[str, str], tuple[float, Decimal]] = {}
+
+
+async def _storage_bytes(state: State, namespace: str, spec: Mapping[str, Any]) -> Decimal:
+    total = Decimal(0)
+    for claim in pvc_names(spec):
+        cached = _pvc_cache.get((namespace, claim))
+        if cached is not None and cached[0] > time.monotonic():
+            total += cached[1]
+            continue
+        try:
+            pvc = await state.kube.get_or_none(
+                resource_path("v1", "persistentvolumeclaims", namespace, claim)
+            )
+        except ApiError:
+            pvc = None
+        size = pvc_bytes(pvc) if pvc else Decimal(0)
+        _pvc_cache[(namespace, claim)] = (time.monotonic() + 300, size)
+        total += size
+    return total
+
+
+async def register_pod(state: State, body: Mapping[str, Any]) -> PodInfo | None:
+    """Add or refresh a pod in the cache from its object."""
+    meta = body.get("metadata") or {}
+    uid = str(meta.get("uid", ""))
+    namespace = str(meta.get("namespace", ""))
+    name = str(meta.get("name", ""))
+    if not uid or not namespace:
+        return None
+    spec = body.get("spec") or {}
+    known = state.pods.get(uid)
+    workload = known.workload if known else await state.resolver.resolve(namespace, meta)
+    storage = known.storage_bytes if known else await _storage_bytes(state, namespace, spec)
+    info = PodInfo(
+        uid=uid,
+        namespace=namespace,
+        name=name,
+        node=spec.get("nodeName"),
+        workload=workload,
+        shape=pod_shape(spec),
+        containers=container_resources(spec),
+        storage_bytes=storage,
+        phase=str((body.get("status") or {}).get("phase", "Pending")),
+    )
+    state.pods[uid] = info
+    state.pod_uids[(namespace, name)] = uid
+    return info
+
+
+def forget_pod(state: State, uid: str) -> None:
+    """Mark a pod deleted; it stays resolvable for late reports, then goes."""
+    info = state.pods.get(uid)
+    if info is not None and info.deleted_at is None:
+        info.deleted_at = time.monotonic()
+
+
+def purge_tombstones(state: State) -> int:
+    """Drop pods deleted long ago (called by the audit sweep)."""
+    cutoff = time.monotonic() - TOMBSTONE_SECONDS
+    gone = [uid for uid, p in state.pods.items() if p.deleted_at and p.deleted_at < cutoff]
+    for uid in gone:
+        info = state.pods.pop(uid)
+        if state.pod_uids.get((info.namespace, info.name)) == uid:
+            del state.pod_uids[(info.namespace, info.name)]
+    return len(gone)
+
+
+async def fetch_pod(state: State, namespace: str, name: str) -> PodInfo | None:
+    """Look up a pod the watch has not delivered yet (a report may be faster)."""
+    try:
+        body = await state.kube.get_or_none(resource_path("v1", "pods", namespace, name))
+    except ApiError:
+        return None
+    return await register_pod(state, body) if body else None
+
+
+@kopf.on.event("", "v1", "pods")
+async def pod_event(event: Mapping[str, Any], body: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    """Keep the pod cache current."""
+    state: State = memo.state
+    if event.get("type") == "DELETED":
+        forget_pod(state, str((body.get("metadata") or {}).get("uid", "")))
+        return
+    await register_pod(state, body)

@@ -1,0 +1,474 @@
+"""Budget enforcement at admission: kopf validating handlers, the server, and its registration.
+
+For every create/update/delete of a Deployment, StatefulSet, DaemonSet, Job, CronJob or
+Pod, and every change of a scale subresource, the webhook projects the period's spend with
+the change (requests x replicas x rates x time left, on top of the spend forecast and the
+reservations of earlier admissions) and applies the policy's enforcement: Deny refuses,
+Warn admits with admission warnings, Audit admits and records an Event.
+
+Admitting an increase under Deny reserves the projected spend in the policy's status with
+an optimistic-concurrency write (resourceVersion), so concurrent admissions cannot
+overspend together. Server-side dry-run requests are judged the same but reserve nothing.
+
+The operator manages the ValidatingWebhookConfiguration: one webhook per CostPolicy, with
+the policy's namespace selector and failurePolicy (default Ignore, so a dead webhook never
+blocks the cluster), all pointing at this server with the policy's name in the URL path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import aiohttp.web
+import kopf
+
+from kopeck.accounting.budget import PodShape, Projection, project_change, run_rate
+from kopeck.accounting.ledger import WorkloadKey, allocation_name
+from kopeck.accounting.matching import NamedPolicy
+from kopeck.accounting.periods import period_at
+from kopeck.accounting.prices import GIB, HOUR, NodeFacts, Rates, rates_for_node
+from kopeck.accounting.summary import money_text
+from kopeck.api.allocation import Proposal
+from kopeck.api.common import API_VERSION
+from kopeck.operator import metrics
+from kopeck.operator.conditions import post_event
+from kopeck.operator.costpolicies import PLURAL as POLICY_PLURAL
+from kopeck.operator.costpolicies import policy_spent
+from kopeck.operator.kube import ApiError, resource_path
+from kopeck.operator.state import State, period_kind, spawn, utcnow
+from kopeck.operator.workloads import (
+    KINDS,
+    container_resources,
+    pod_shape,
+    replicas_of,
+    template_of,
+)
+from kopeck.rightsizing.admission import WorkloadName, admission_warnings
+from kopeck.rightsizing.gates import policy_gate
+
+log = logging.getLogger("kopeck.webhook")
+HOOK_ID = "budget"
+POLICY_HEADER = "X-Kopeck-Policy"
+WORKLOADS: list[tuple[str, str, str]] = [
+    ("apps", "v1", "deployments"),
+    ("apps", "v1", "statefulsets"),
+    ("apps", "v1", "daemonsets"),
+    ("batch", "v1", "jobs"),
+    ("batch", "v1", "cronjobs"),
+    ("", "v1", "pods"),
+]
+SCALABLE: list[tuple[str, str, str]] = [
+    ("apps", "v1", "deployments"),
+    ("apps", "v1", "statefulsets"),
+    ("apps", "v1", "replicasets"),
+]
+PLURAL_KIND = {
+    "deployments": "Deployment", "statefulsets": "StatefulSet", "daemonsets": "DaemonSet",
+    "jobs": "Job", "cronjobs": "CronJob", "pods": "Pod", "replicasets": "ReplicaSet",
+}
+_locks: dict[str, asyncio.Lock] = {}
+
+
+class PolicyRoutingWebhookServer(kopf.WebhookServer):
+    """kopf's WebhookServer, with URLs /<handler-id>/<policy> for per-policy webhooks.
+
+    The policy name travels to the handler in the headers mapping kopf already passes, so
+    when several policies' webhooks match one request only the winning policy's acts.
+    """
+
+    @staticmethod
+    async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        headers = dict(request.headers)
+        hook, _, policy = request.match_info.get("id", "").partition("/")
+        headers[POLICY_HEADER] = policy
+        try:
+            data = json.loads(await request.text())
+            response = await fn(data, webhook=hook or None, headers=headers, sslpeer=None)
+            return aiohttp.web.json_response(response)
+        except json.JSONDecodeError as exc:
+            metrics.ADMISSIONS.labels("malformed").inc()
+            raise aiohttp.web.HTTPBadRequest(reason="malformed AdmissionReview") from exc
+        except Exception as exc:  # an AdmissionReview we cannot read: 400, never a crash
+            metrics.ADMISSIONS.labels("malformed").inc()
+            raise aiohttp.web.HTTPBadRequest(reason=str(exc)[:200] or "bad request") from exc
+
+
+def admission_rates(state: State, policy: NamedPolicy) -> Rates | None:
+    """Rates to project a change with: the rate card, else the mean over known nodes."""
+    pricing = policy.spec.pricing
+    if pricing.rate_card is not None and not pricing.node_overrides:
+        return rates_for_node(pricing, NodeFacts("admission"))
+    rated = [rates_for_node(pricing, n) for n in state.nodes.values() if n.cpu_cores > 0]
+    if not rated:
+        return rates_for_node(pricing, NodeFacts("admission")) if pricing.rate_card else None
+    k = Decimal(len(rated))
+    return Rates(
+        currency=pricing.currency,
+        cpu_core_second=sum((r.cpu_core_second for r in rated), Decimal(0)) / k,
+        memory_byte_second=sum((r.memory_byte_second for r in rated), Decimal(0)) / k,
+        gpu_second=sum((r.gpu_second for r in rated), Decimal(0)) / k,
+    )
+
+
+def committed_rate(state: State, policy: NamedPolicy, now: dt.datetime) -> Decimal:
+    """Current spend per second of what already runs under the policy."""
+    rate = state.spend_rates.get(policy.name)
+    if rate is not None:
+        return rate
+    window = period_at(period_kind(policy), now)
+    return run_rate(policy_spent(state, policy.name, window), window, now)
+
+
+def deny_message(
+    workload: WorkloadKey, policy: NamedPolicy, p: Projection, period: str, currency: str
+) -> str:
+    """The message a user sees: workload, added monthly cost, policy, spent, budget."""
+    return (
+        f"kopeck: {workload.kind.lower()} {workload.namespace}/{workload.name} would add "
+        f"{money_text(p.added_monthly, currency)}/month "
+        f"({money_text(p.added_to_period_end, currency)} to the end of {period}); "
+        f"CostPolicy {policy.name} has spent {money_text(p.spent, currency)} of its "
+        f"{money_text(p.amount, currency)} budget (reserved {money_text(p.reserved, currency)}, "
+        f"projected {money_text(p.projected, currency)}). Lower requests or replicas, or "
+        f"raise spec.budget.amount of CostPolicy {policy.name}"
+    )
+
+
+def _reserved_total(status: Mapping[str, Any], now: dt.datetime) -> tuple[Decimal, list[dict[str, Any]]]:
+    live = []
+    total = Decimal(0)
+    for r in status.get("reservations") or []:
+        try:
+            expires = dt.datetime.fromisoformat(str(r.get("expires")).replace("Z", "+00:00"))
+            amount = Decimal(str(r.get("amount")))
+        except (ValueError, ArithmeticError):
+            continue
+        if expires > now:
+            live.append(dict(r))
+            total += amount
+    return total, live
+
+
+async def reserve(
+    state: State, policy: NamedPolicy, key: str, project: Any, now: dt.datetime
+) -> Projection:
+    """Project against the freshest policy status and reserve, retrying on conflicts.
+
+    `project(reserved) -> Projection`. Returns the projection that was decided on; when it
+    is over budget nothing was written.
+    """
+    path = resource_path(API_VERSION, POLICY_PLURAL, None, policy.name)
+    lock = _locks.setdefault(policy.name, asyncio.Lock())
+    async with lock:
+        for _ in range(25):
+            obj = await state.kube.get(path)
+            status = obj.get("status") or {}
+            reserved, live = _reserved_total(status, now)
+            p: Projection = project(reserved)
+            if p.over_budget or p.added_to_period_end <= 0:
+                return p
+            amount = p.added_to_period_end
+            for r in live:
+                if r.get("key") == key:
+                    amount += Decimal(str(r["amount"]))
+            live = [r for r in live if r.get("key") != key]
+            expires = now + dt.timedelta(seconds=state.settings.reservation_ttl)
+            live.append({"key": key, "amount": str(amount.quantize(Decimal("0.000001"))),
+                         "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ")})
+            total = sum((Decimal(str(r["amount"])) for r in live), Decimal(0))
+            body = {
+                "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                "status": {"reservations": live, "reserved": str(total)},
+            }
+            try:
+                await state.kube.merge_patch(path + "/status", body)
+                state.counters["reservations"] += 1
+                return p
+            except ApiError as exc:
+                if not exc.conflict:
+                    raise
+                state.counters["reservation_conflicts"] += 1
+        raise kopf.AdmissionError(
+            f"kopeck: CostPolicy {policy.name} is being changed by many admissions at once; "
+            "retry", code=409,
+        )
+
+
+async def release(state: State, policy: NamedPolicy, key: str) -> None:
+    """Drop a deleted workload's reservation (optimistic, best effort)."""
+    entry = state.policies.get(policy.name)
+    if entry is None or not any(r.get("key") == key for r in entry.status.get("reservations") or []):
+        return
+    path = resource_path(API_VERSION, POLICY_PLURAL, None, policy.name)
+    for _ in range(10):
+        obj = await state.kube.get(path)
+        res = [r for r in (obj.get("status") or {}).get("reservations") or [] if r.get("key") != key]
+        total = sum((Decimal(str(r.get("amount", 0))) for r in res), Decimal(0))
+        try:
+            await state.kube.merge_patch(path + "/status", {
+                "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                "status": {"reservations": res, "reserved": str(total)},
+            })
+            return
+        except ApiError as exc:
+            if not exc.conflict:
+                return
+
+
+async def _scale_target(
+    state: State, plural: str, namespace: str, name: str
+) -> Mapping[str, Any] | None:
+    api = KINDS[PLURAL_KIND[plural]][0]
+    return await state.kube.get_or_none(resource_path(api, plural, namespace, name))
+
+
+async def judge(
+    *,
+    state: State,
+    plural: str,
+    body: Mapping[str, Any],
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+    operation: str,
+    subresource: str | None,
+    dryrun: bool,
+    warnings: list[str],
+    headers: Mapping[str, str],
+) -> None:
+    """The admission decision; raises kopf.AdmissionError to deny."""
+    meta = body.get("metadata") or {}
+    namespace = str(meta.get("namespace") or "")
+    name = str(meta.get("name") or "")
+    kind = PLURAL_KIND.get(plural, plural)
+    now = utcnow()
+    if subresource == "scale":
+        target = await _scale_target(state, plural, namespace, name)
+        if target is None:
+            return
+        labels = dict((target.get("metadata") or {}).get("labels") or {})
+        spec = template_of(kind, target) or {}
+        shape = pod_shape(spec)
+        new_replicas = int(((new or {}).get("spec") or {}).get("replicas") or 0)
+        old_replicas = int(((old or {}).get("spec") or {}).get("replicas") or 0) if old else (
+            replicas_of(kind, target)
+        )
+        old_shape: PodShape | None = shape
+        containers = container_resources(spec)
+    else:
+        labels = dict(meta.get("labels") or {})
+        if kind == "Pod" and meta.get("ownerReferences"):
+            return  # pods of a controller are judged through their controller
+        spec = template_of(kind, new or body) or {}
+        shape = pod_shape(spec)
+        nodes = max(1, len(state.nodes))
+        new_replicas = replicas_of(kind, new or body, nodes)
+        old_spec = template_of(kind, old) if old else None
+        old_shape = pod_shape(old_spec) if old_spec is not None else None
+        old_replicas = replicas_of(kind, old, nodes) if old else 0
+        containers = container_resources(spec)
+    policy = state.policy_for(namespace, labels)
+    routed = headers.get(POLICY_HEADER)
+    if policy is None or (routed and routed != policy.name):
+        return  # another policy's webhook, or no policy: not ours to judge
+    workload = WorkloadKey(namespace, kind, name, KINDS.get(kind, ("v1", ""))[0])
+    if operation == "DELETE":
+        if not dryrun:
+            await release(state, policy, workload.ref)
+        return
+    pspec = policy.spec
+    currency = pspec.pricing.currency
+    rates = admission_rates(state, policy)
+    window = period_at(period_kind(policy), now)
+    if rates is not None and pspec.rightsizing.mode == "Propose" and subresource is None:
+        gate = policy_gate(pspec, "Rightsizing", now, namespace, labels)
+        acc = state.accs.get((workload, window.name))
+        raw = acc.extra.get("proposal") if acc else None
+        if raw and not gate.suspended:
+            try:
+                proposal = Proposal.model_validate(raw)
+                warnings.extend(admission_warnings(
+                    WorkloadName(kind, namespace, name), containers, proposal,
+                    replicas=max(1, new_replicas),
+                    cpu_core_hour=rates.cpu_core_second * HOUR,
+                    memory_gib_hour=rates.memory_byte_second * HOUR * GIB,
+                    currency=currency,
+                ))
+            except ValueError:
+                pass
+    budget = pspec.budget
+    if budget is None or rates is None:
+        metrics.ADMISSIONS.labels("allowed").inc()
+        return
+    gate = policy_gate(pspec, "Enforcement", now, namespace, labels)
+    if gate.suspended:
+        metrics.ADMISSIONS.labels("suspended").inc()
+        return
+    spent = policy_spent(state, policy.name, window)
+    committed = committed_rate(state, policy, now)
+
+    def project(reserved: Decimal) -> Projection:
+        return project_change(
+            old=old_shape, old_replicas=old_replicas, new=shape, new_replicas=new_replicas,
+            rates=rates, window=window, now=now, amount=budget.amount, spent=spent,
+            reserved=reserved, committed_rate_per_second=committed,
+        )
+
+    entry = state.policies.get(policy.name)
+    cached_reserved, _ = _reserved_total(entry.status if entry else {}, now)
+    p = project(cached_reserved)
+    if p.added_to_period_end <= 0:
+        metrics.ADMISSIONS.labels("allowed").inc()
+        return
+    enforcement = budget.enforcement
+    if enforcement == "Deny" and not dryrun and not p.over_budget:
+        p = await reserve(state, policy, workload.ref, project, now)
+    if not p.over_budget:
+        metrics.ADMISSIONS.labels("allowed").inc()
+        return
+    message = deny_message(workload, policy, p, window.name, currency)
+    if enforcement == "Deny":
+        metrics.ADMISSIONS.labels("denied").inc()
+        raise kopf.AdmissionError(message, code=403)
+    if enforcement == "Warn":
+        metrics.ADMISSIONS.labels("warned").inc()
+        warnings.append(message[:256] if len(message) <= 256 else message[:253] + "...")
+        return
+    metrics.ADMISSIONS.labels("audited").inc()
+    if not dryrun:
+        involved = {"apiVersion": API_VERSION, "kind": "CostPolicy", "name": policy.name}
+        spawn(post_event(state.kube, involved, "BudgetAudit", message, type_="Warning", now=now))
+
+
+def _handler(plural: str) -> Any:
+    async def handler(
+        body: Mapping[str, Any], old: Mapping[str, Any] | None, new: Mapping[str, Any] | None,
+        operation: str, subresource: str | None, dryrun: bool, warnings: list[str],
+        headers: Mapping[str, str], memo: Any, **_: Any,
+    ) -> None:
+        started = time.monotonic()
+        try:
+            await judge(
+                state=memo.state, plural=plural, body=body, old=old, new=new,
+                operation=operation, subresource=subresource, dryrun=dryrun,
+                warnings=warnings, headers=headers,
+            )
+        finally:
+            memo.state.counters["admissions"] += 1
+            memo.state.counters["admission_ms"] += int((time.monotonic() - started) * 1000)
+    handler.__name__ = f"budget_{plural}"
+    return handler
+
+
+def register(registry: kopf.OperatorRegistry | None = None) -> None:
+    """Register the validating handlers (all under one handler id, routed by resource)."""
+    for group, version, plural in WORKLOADS:
+        kopf.on.validate(
+            group, version, plural, id=HOOK_ID, operations=["CREATE", "UPDATE", "DELETE"],
+            registry=registry,
+        )(_handler(plural))
+    for group, version, plural in SCALABLE:
+        kopf.on.validate(
+            group, version, plural, id=HOOK_ID, subresource="scale", operations=["UPDATE"],
+            registry=registry,
+        )(_handler(plural))
+
+
+def _selector(sel: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if sel is None:
+        return out
+    if sel.match_labels:
+        out["matchLabels"] = dict(sel.match_labels)
+    if sel.match_expressions:
+        out["matchExpressions"] = [
+            {"key": e.key, "operator": e.operator, **({"values": e.values} if e.values else {})}
+            for e in sel.match_expressions
+        ]
+    return out
+
+
+def desired_webhooks(state: State, url: str, ca_bundle: str) -> list[dict[str, Any]]:
+    """One webhook per policy: its namespace selector, its failurePolicy, our URL."""
+    hooks = []
+    for name, entry in sorted(state.policies.items()):
+        if entry.invalid:
+            continue
+        spec = entry.named.spec
+        failure = spec.budget.failure_policy if spec.budget else "Ignore"
+        ns_selector = _selector(spec.scope.namespace_selector)
+        ns_selector.setdefault("matchExpressions", []).append({
+            "key": "kubernetes.io/metadata.name", "operator": "NotIn",
+            "values": ["kube-system", state.settings.namespace],
+        })
+        rules = [
+            {"apiGroups": [g], "apiVersions": [v], "resources": [p],
+             "operations": ["CREATE", "UPDATE", "DELETE"], "scope": "Namespaced"}
+            for g, v, p in WORKLOADS
+        ] + [
+            {"apiGroups": [g], "apiVersions": [v], "resources": [f"{p}/scale"],
+             "operations": ["UPDATE"], "scope": "Namespaced"}
+            for g, v, p in SCALABLE
+        ]
+        hooks.append({
+            "name": f"{name}.budget.cost.kopeck.io",
+            "clientConfig": {"url": f"{url}/{HOOK_ID}/{name}", "caBundle": ca_bundle},
+            "rules": rules,
+            "namespaceSelector": ns_selector,
+            "failurePolicy": failure,
+            "sideEffects": "NoneOnDryRun",
+            "matchPolicy": "Equivalent",
+            "timeoutSeconds": state.settings.webhook_timeout,
+            "admissionReviewVersions": ["v1"],
+        })
+    return hooks
+
+
+async def manage_configuration(state: State, url: str, ca_bundle: str, wake: asyncio.Event) -> None:
+    """Keep the ValidatingWebhookConfiguration in line with the policies (active replica)."""
+    name = state.settings.webhook_config
+    path = f"/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/{name}"
+    last: list[dict[str, Any]] | None = None
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=10)
+        wake.clear()
+        if not state.active:
+            last = None
+            continue
+        hooks = desired_webhooks(state, url, ca_bundle)
+        if hooks == last:
+            continue
+        body: dict[str, Any] = {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "kopeck"}},
+            "webhooks": hooks,
+        }
+        try:
+            existing = await state.kube.get_or_none(path)
+            if existing is None:
+                await state.kube.create(
+                    "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations", body
+                )
+            else:
+                body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+                await state.kube.request("PUT", path, body=body)
+            last = hooks
+            log.info("webhook configuration %s: %d policies", name, len(hooks))
+        except (ApiError, OSError) as exc:
+            log.warning("cannot write webhook configuration %s: %s", name, exc)
+            await asyncio.sleep(1)
+            wake.set()
+
+
+def allocation_for(workload: WorkloadKey, period: str) -> str:
+    """Name of a workload's Allocation (for messages)."""
+    return allocation_name(workload, period)
