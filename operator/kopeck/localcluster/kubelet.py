@@ -40,6 +40,7 @@ from typing import IO, Any
 
 from kopeck.localcluster.kubelet_spec import (
     CFS_PERIOD_US,
+    SLEEP_FOREVER,
     CgroupLimits,
     ContainerPlan,
     PodPlan,
@@ -1057,7 +1058,8 @@ class MiniKubelet:
             self._event(w, "FailedLimits", f"container {plan.name}: {err}", "Warning", plan.name)
         if plan.note and f"note:{plan.name}" not in w.events_sent:
             w.events_sent.add(f"note:{plan.name}")
-            self._event(w, "NoCommand", plan.note, "Warning", plan.name)
+            kind = "Warning" if plan.argv == SLEEP_FOREVER else "Normal"
+            self._event(w, "NoCommand", plan.note, kind, plan.name)
         exe = shutil.which(plan.argv[0], path=plan.env.get("PATH", DEFAULT_PATH))
         cwd = plan.working_dir if plan.working_dir and Path(plan.working_dir).is_dir() else "/"
         state.mark_started(cid, now, now_mono)
