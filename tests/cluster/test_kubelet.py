@@ -32,6 +32,7 @@ pytestmark = [
 ]
 
 T = TypeVar("T")
+TEST_TAINT = {"key": "kopeck.io/kubelet-test", "value": "only", "effect": "NoSchedule"}
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
@@ -62,6 +63,7 @@ def kubelet(cluster: ClusterHandle) -> Iterator[MiniKubelet]:
             zone="eu-west-1a",
             region="eu-west-1",
             cpu_factor="1.5",
+            taints=(TEST_TAINT,),
         ),
         driver="systemd",
         subnet="10.253.0.0/16",
@@ -76,8 +78,13 @@ def kubelet(cluster: ClusterHandle) -> Iterator[MiniKubelet]:
         k.stop()
 
 
-def pin(kubelet: MiniKubelet) -> str:
-    return f"nodeSelector: {{kubernetes.io/hostname: {kubelet.node_name}}}"
+def pin(kubelet: MiniKubelet, indent: int = 2) -> str:
+    """Pod spec lines that put a Pod on this Node (and only there: it is tainted)."""
+    return (
+        f"nodeSelector: {{kubernetes.io/hostname: {kubelet.node_name}}}\n"
+        + " " * indent
+        + "tolerations: [{key: kopeck.io/kubelet-test, operator: Exists}]"
+    )
 
 
 def pods(cluster: ClusterHandle, namespace: str, selector: str) -> list[dict[str, Any]]:
@@ -128,6 +135,8 @@ def test_node_registers_ready_with_labels_and_lease(
         return not any(t["key"] == "node.kubernetes.io/not-ready" for t in taints)
 
     wait_for("the not-ready taint to be removed", untainted, timeout=30)
+    taints = get_json(cluster, "node", kubelet.node_name)["spec"]["taints"]
+    assert [{k: t[k] for k in TEST_TAINT} for t in taints] == [TEST_TAINT]
     first = get_json(cluster, "lease", "-n", "kube-node-lease", kubelet.node_name)
     assert first["spec"]["holderIdentity"] == kubelet.node_name
 
@@ -152,7 +161,7 @@ spec:
   template:
     metadata: {{labels: {{app: sleeper}}}}
     spec:
-      {pin(kubelet)}
+      {pin(kubelet, 6)}
       terminationGracePeriodSeconds: 5
       containers:
       - name: main
@@ -215,7 +224,7 @@ spec:
   backoffLimit: 0
   template:
     spec:
-      {pin(kubelet)}
+      {pin(kubelet, 6)}
       restartPolicy: Never
       containers:
       - {{name: main, image: busybox, command: ["sh", "-c", "echo hello $GREETING; exit 0"],
@@ -374,7 +383,12 @@ spec:
 
 def test_stop_removes_node_sandboxes_and_cgroups(cluster: ClusterHandle, namespace: str) -> None:
     name = f"kt-stop-{uuid.uuid4().hex[:6]}"
-    k = MiniKubelet(cluster.api_client(), name, subnet="10.254.0.0/24", heartbeat_seconds=2.0)
+    k = MiniKubelet(
+        cluster.api_client(),
+        settings=NodeSettings(name=name, taints=(TEST_TAINT,)),
+        subnet="10.254.0.0/24",
+        heartbeat_seconds=2.0,
+    )
     k.start()
     try:
         roots = k.cgroup_roots()

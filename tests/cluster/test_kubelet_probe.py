@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from kopeck.localcluster.handle import ClusterHandle
-from kopeck.localcluster.kubelet import MiniKubelet
+from kopeck.localcluster.kubelet import MiniKubelet, NodeSettings
 from kopeck.localcluster.sandbox import cgroup_layout
 from kopeck_probe.cgroups import CgroupReader, Hierarchies
 
@@ -33,7 +33,10 @@ pytestmark = [
 def kubelet(cluster: ClusterHandle, request: pytest.FixtureRequest) -> Iterator[MiniKubelet]:
     k = MiniKubelet(
         cluster.api_client(),
-        f"kt-probe-{uuid.uuid4().hex[:6]}",
+        settings=NodeSettings(
+            name=f"kt-probe-{uuid.uuid4().hex[:6]}",
+            taints=({"key": "kopeck.io/kubelet-test", "value": "only", "effect": "NoSchedule"},),
+        ),
         driver=request.param,
         subnet="10.255.0.0/24",
     )
@@ -54,6 +57,7 @@ kind: Pod
 metadata: {{name: busy, namespace: {namespace}}}
 spec:
   nodeSelector: {{kubernetes.io/hostname: {kubelet.node_name}}}
+  tolerations: [{{key: kopeck.io/kubelet-test, operator: Exists}}]
   terminationGracePeriodSeconds: 1
   containers:
   - name: work

@@ -143,6 +143,9 @@ class NodeSettings:
     cpu_cores: int = field(default_factory=host_cpu_cores)
     memory_bytes: int = field(default_factory=host_memory_bytes)
     max_pods: int = 110
+    taints: tuple[Mapping[str, str], ...] = ()
+    """e.g. ({"key": "kopeck.io/test", "value": "x", "effect": "NoSchedule"},) so that
+    only Pods that tolerate it land here (tests keep other suites' Pods off their Node)."""
 
     def all_labels(self) -> dict[str, str]:
         labels = {
@@ -550,6 +553,7 @@ class MiniKubelet:
                 "podCIDR": self.subnet,
                 "podCIDRs": [self.subnet],
                 "providerID": f"kopeck://{self.node_name}",
+                "taints": [dict(t) for t in self.settings.taints],
             },
             "status": self._node_status(),
         }
