@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiClient
 
-from kopeck.localcluster.kubelet import IPAllocator, MiniKubelet, NodeSettings
+from kopeck.localcluster.kubelet import (
+    IPAllocator,
+    MiniKubelet,
+    NodeSettings,
+    enable_v2_controllers,
+    write_limits,
+)
+from kopeck.localcluster.kubelet_spec import CgroupLimits
 
 
 class FakeResponse:
@@ -109,3 +116,41 @@ def test_ip_allocator_skips_gateway_and_reuses_addresses() -> None:
         ips.take()
     ips.give_back("10.9.0.4")
     assert ips.take() == "10.9.0.4"
+
+
+def test_v2_controllers_are_delegated_from_root_to_pod(tmp_path: Path) -> None:
+    root = tmp_path / "cg"
+    leaf = root / "prefix" / "kubepods.slice" / "kubepods-podx.slice"
+    leaf.mkdir(parents=True)
+    for d in (root, root / "prefix", root / "prefix" / "kubepods.slice", leaf):
+        (d / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+        (d / "cgroup.subtree_control").write_text("cpu\n" if d == root else "")
+    assert enable_v2_controllers(root, leaf) == []
+    assert (root / "cgroup.subtree_control").read_text() == "+memory +pids +io"
+    assert (leaf / "cgroup.subtree_control").read_text() == "+cpu +memory +pids +io"
+    (tmp_path / "hybrid").mkdir()
+    (tmp_path / "hybrid" / "cgroup.controllers").write_text("")
+    (tmp_path / "hybrid" / "cgroup.subtree_control").write_text("")
+    assert enable_v2_controllers(tmp_path / "hybrid", tmp_path / "hybrid") == []
+    assert (tmp_path / "hybrid" / "cgroup.subtree_control").read_text() == ""
+
+
+def test_write_limits_only_where_the_hierarchy_has_the_file(tmp_path: Path) -> None:
+    cpu, mem, uni = (tmp_path / n for n in ("cpu", "memory", "unified"))
+    for d, files in (
+        (cpu, ("cpu.shares", "cpu.cfs_quota_us", "cpu.cfs_period_us")),
+        (mem, ("memory.limit_in_bytes",)),
+        (uni, ("cpu.max", "memory.max")),
+    ):
+        d.mkdir()
+        for f in files:
+            (d / f).write_text("")
+    limits = CgroupLimits(cpu_quota_us=25_000, cpu_shares=256, memory_limit_bytes=2**26)
+    assert write_limits({"cpu": cpu, "memory": mem, "unified": uni}, limits) == []
+    assert (cpu / "cpu.cfs_quota_us").read_text() == "25000"
+    assert (cpu / "cpu.cfs_period_us").read_text() == "100000"
+    assert (cpu / "cpu.shares").read_text() == "256"
+    assert (mem / "memory.limit_in_bytes").read_text() == str(2**26)
+    assert (uni / "cpu.max").read_text() == "25000 100000"
+    assert (uni / "memory.max").read_text() == str(2**26)
+    assert not (uni / "cpu.weight").exists()

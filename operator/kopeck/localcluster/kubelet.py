@@ -226,6 +226,35 @@ def write_limits(dirs: Mapping[str, Path], limits: CgroupLimits) -> list[str]:
     return errors
 
 
+V2_CONTROLLERS = ("cpu", "memory", "pids", "io")
+
+
+def enable_v2_controllers(root: Path, leaf: Path) -> list[str]:
+    """Delegate cpu/memory/pids/io from root down to leaf in the v2 tree (as systemd does).
+
+    On a pure v2 host a pod cgroup has cpu.max and memory.max only when every ancestor
+    enables the controller for its children; in hybrid mode the v2 tree offers none and
+    this does nothing. Returns the writes the kernel refused.
+    """
+    errors: list[str] = []
+    chain = [leaf, *leaf.parents]
+    chain = list(reversed(chain[: chain.index(root) + 1])) if root in chain else [leaf]
+    for d in chain:
+        try:
+            available = set((d / "cgroup.controllers").read_text().split())
+            enabled = set((d / "cgroup.subtree_control").read_text().split())
+        except OSError:
+            continue
+        missing = [c for c in V2_CONTROLLERS if c in available and c not in enabled]
+        if not missing:
+            continue
+        try:
+            (d / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in missing))
+        except OSError as exc:
+            errors.append(f"{d}/cgroup.subtree_control: {exc}")
+    return errors
+
+
 def _cgroup_pids(dirs: Mapping[str, Path]) -> set[int]:
     pids: set[int] = set()
     for d in dirs.values():
@@ -950,7 +979,9 @@ class MiniKubelet:
                 name=w.plan.name,
             )
             w.sandbox = sandbox
-            for err in write_limits(sandbox.dirs, w.plan.pod_limits):
+            errors = enable_v2_controllers(self.host.layout["unified"], sandbox.dirs["unified"])
+            errors += write_limits(sandbox.dirs, w.plan.pod_limits)
+            for err in errors:
                 self._event(w, "FailedLimits", f"pod cgroup: {err}", "Warning")
             if not host_network:
                 self._wire(sandbox, ip)
