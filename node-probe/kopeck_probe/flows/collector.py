@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 2055
 MAX_DATAGRAM = 65535
+DRAIN_BATCH = 256
+"""Datagrams taken per lock hold when the socket has a backlog."""
 
 
 def local_addresses() -> frozenset[str]:
@@ -64,7 +66,7 @@ class CollectorConfig:
     """Cap on (exporter, version, domain) streams kept."""
     max_templates_per_stream: int = 256
     """Cap on templates per stream; more are a template flood (counted, ignored)."""
-    flush_records: int = 65536
+    flush_records: int = 32768
     flush_interval_s: float = 0.25
     receive_buffer_bytes: int = 8 << 20
 
@@ -120,26 +122,37 @@ class FlowCollector:
     def handle(self, data: bytes, source: str) -> bool:
         """Take one datagram from ``source``; False when it was refused or dropped."""
         with self._lock:
-            c = self._counters
-            c.datagrams += 1
+            ok = self._handle_locked(data, source)
+            if (
+                self.decoder.pending_records >= self.config.flush_records
+                or time.monotonic() - self._last_flush >= self.config.flush_interval_s
+            ):
+                self._flush_guarded()
+            return ok
+
+    def _handle_locked(self, data: bytes, source: str) -> bool:
+        c = self._counters
+        c.datagrams += 1
+        if source not in self.allowed:
             source = _normalise(source)
             if source not in self.allowed:
                 c.not_allowed += 1
                 if len(c.not_allowed_by_source) < 1024:
                     c.not_allowed_by_source[source] += 1
                 return False
-            try:
-                ok = self.decoder.feed(data, source)
-                if (
-                    self.decoder.pending_records >= self.config.flush_records
-                    or time.monotonic() - self._last_flush >= self.config.flush_interval_s
-                ):
-                    self._flush_locked()
-            except Exception:  # a decoder bug must not stop the collector: count, go on
-                c.internal_errors += 1
-                log.exception("flow datagram from %s could not be handled", source)
-                return False
-            return ok
+        try:
+            return self.decoder.feed(data, source)
+        except Exception:  # a decoder bug must not stop the collector: count, go on
+            c.internal_errors += 1
+            log.exception("flow datagram from %s could not be handled", source)
+            return False
+
+    def _flush_guarded(self) -> None:
+        try:
+            self._flush_locked()
+        except Exception:
+            self._counters.internal_errors += 1
+            log.exception("flow batch could not be counted")
 
     def _flush_locked(self) -> None:
         self._last_flush = time.monotonic()
@@ -149,11 +162,7 @@ class FlowCollector:
     def flush(self) -> None:
         """Decode and count everything received so far."""
         with self._lock:
-            try:
-                self._flush_locked()
-            except Exception:
-                self._counters.internal_errors += 1
-                log.exception("flow batch could not be counted")
+            self._flush_guarded()
 
     def totals(self) -> dict[str, PodFlowTotals]:
         """Cumulative per-pod counters (a snapshot; flushes first so nothing waits)."""
@@ -211,11 +220,14 @@ class FlowCollector:
         self._thread.start()
 
     def _loop(self) -> None:
+        """Block for one datagram, then drain what is queued under one lock hold."""
         sock = self._sock
         assert sock is not None
+        recv = sock.recvfrom
+        dontwait = socket.MSG_DONTWAIT
         while not self._stopping.is_set():
             try:
-                data, addr = sock.recvfrom(MAX_DATAGRAM)
+                data, addr = recv(MAX_DATAGRAM)
             except TimeoutError:
                 self.flush()
                 continue
@@ -225,7 +237,19 @@ class FlowCollector:
                 with self._lock:
                     self._counters.internal_errors += 1
                 continue
-            self.handle(data, addr[0])
+            with self._lock:
+                self._handle_locked(data, addr[0])
+                for _ in range(DRAIN_BATCH):
+                    try:
+                        data, addr = recv(MAX_DATAGRAM, dontwait)
+                    except OSError:  # BlockingIOError: nothing queued
+                        break
+                    self._handle_locked(data, addr[0])
+                if (
+                    self.decoder.pending_records >= self.config.flush_records
+                    or time.monotonic() - self._last_flush >= self.config.flush_interval_s
+                ):
+                    self._flush_guarded()
 
     def stop(self) -> None:
         """Stop receiving, close the socket, count what was pending."""

@@ -102,28 +102,27 @@ class Tally:
     ) -> npt.NDArray[np.int64]:
         """Per record: the index of the pod holding the address at flow time, or -1."""
         out = np.full(inverse.shape[0], -1, dtype=np.int64)
-        held: list[tuple[int, list[Lease]]] = []
+        slack = self.pods.slack_s
+        # one lease per address (the common case): vectorised over the records
+        lo = np.full(len(uniq), np.inf)
+        hi = np.full(len(uniq), -np.inf)
+        ids = np.full(len(uniq), -1, dtype=np.int64)
+        several: dict[int, list[Lease]] = {}
         for k, words in enumerate(uniq):
             leases = self.pods.leases(words)
-            if leases:
-                held.append((k, leases))
-        if not held:
-            return out
-        slack = self.pods.slack_s
-        order = np.argsort(inverse, kind="stable")
-        bounds = np.searchsorted(inverse[order], np.arange(len(uniq) + 1))
-        for k, leases in held:
-            rows = order[bounds[k] : bounds[k + 1]]
-            t = time_s[rows]
-            if len(leases) == 1:  # the common case: one owner, all records in its lease
+            if len(leases) == 1:
                 lease = leases[0]
-                if lease.start - slack <= float(t.min()) and float(t.max()) < lease.end + slack:
-                    out[rows] = pod_ids.setdefault(lease.pod, len(pod_ids))
-                    continue
-            for row in rows:
-                pod = owner_at(leases, float(time_s[row]), slack)
-                if pod is not None:
-                    out[row] = pod_ids.setdefault(pod, len(pod_ids))
+                lo[k], hi[k] = lease.start - slack, lease.end + slack
+                ids[k] = pod_ids.setdefault(lease.pod, len(pod_ids))
+            elif leases:
+                several[k] = leases
+        inside = (time_s >= lo[inverse]) & (time_s < hi[inverse])
+        out = np.where(inside, ids[inverse], -1)
+        if several:  # reused addresses: record by record
+            todo = np.isin(inverse, np.fromiter(several, np.int64, len(several)))
+            for row in np.flatnonzero(todo):
+                pod = owner_at(several[int(inverse[row])], float(time_s[row]), slack)
+                out[row] = -1 if pod is None else pod_ids.setdefault(pod, len(pod_ids))
         return out
 
     def add(self, batch: FlowBatch) -> None:
