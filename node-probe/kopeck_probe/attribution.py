@@ -130,7 +130,7 @@ class Tracked:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContainerObservation:
     """One container cgroup as read in one cycle (stats None: it vanished)."""
 
@@ -140,7 +140,7 @@ class ContainerObservation:
     unreadable: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodObservation:
     """One pod cgroup as read in one cycle (stats None: it vanished)."""
 
@@ -152,6 +152,8 @@ class PodObservation:
     limits: CgroupLimits | None = None
     unreadable: bool = False
     """The read failed for another reason than removal: keep the pod, charge it next time."""
+    containers_read: bool = True
+    """False on light cycles that read only pod cgroups: containers are left as they are."""
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,8 @@ class Attributor:
             pod.cg.observe(t, obs.stats, self._from_zero(pod.cg))
             if obs.limits is not None:
                 pod.limits = obs.limits
+            if not obs.containers_read:
+                continue
             ctr_seen: set[str] = set()
             for c in obs.containers:
                 if c.unreadable:
@@ -372,6 +376,10 @@ class ThresholdTracker:
             ThresholdEvent(pod_uid=uid, kind=k, value=conditions[k][0], threshold=conditions[k][1])
             for k in sorted(now - before)
         ]
+
+    def active(self, uid: str) -> bool:
+        """Whether the pod is past any threshold now."""
+        return bool(self._active.get(uid))
 
     def retain(self, uids: Iterable[str]) -> None:
         """Forget pods that are gone."""

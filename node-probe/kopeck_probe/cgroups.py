@@ -66,7 +66,9 @@ class Hierarchies:
 
     def walk_root(self) -> Path:
         """The hierarchy whose tree is walked to find pods (every layout has it)."""
-        for root in (self.unified, self.cpuacct, self.memory):
+        # v1 cpuacct directories hold a dozen control files; v2 ones up to ~70: walk the
+        # one that is cheapest to list.
+        for root in (self.cpuacct, self.unified, self.memory):
             if root is not None:
                 return root
         raise RuntimeError(
@@ -128,6 +130,23 @@ def _subdirs(path: str) -> list[str]:
         raise
 
 
+def _child_cgroups(path: str) -> list[str]:
+    """Sub-cgroups of a pod cgroup: control files (with a dot, not .scope) are skipped
+    by name before asking the directory entry, as there are many more of them."""
+    try:
+        with os.scandir(path) as it:
+            return [
+                e.name
+                for e in it
+                if ("." not in e.name or e.name.endswith(".scope"))
+                and e.is_dir(follow_symlinks=False)
+            ]
+    except OSError as exc:
+        if exc.errno in _VANISHED:
+            return []
+        raise
+
+
 def discover(root: Path, prefix: str = "") -> list[PodCgroup]:
     """Every pod cgroup (both drivers' layouts) under root/prefix, with its containers."""
     pods: list[PodCgroup] = []
@@ -173,7 +192,7 @@ def _pod(base: str, relpath: str, uid: str, qos: Qos, driver: Driver) -> PodCgro
     return PodCgroup(uid=uid, qos=qos, relpath=relpath)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CgroupStats:
     """Cumulative counters and the working set of one cgroup at one instant."""
 
@@ -280,6 +299,10 @@ class CgroupReader:
     errors: int = 0
 
     def __post_init__(self) -> None:
+        # Open files are kept and re-read with pread: opening a path deep in a cgroup tree
+        # costs more than reading it. Keyed by cgroup relpath, closed when it goes away.
+        self._fds: dict[str, dict[str, int]] = {}
+        self._paths: dict[str, list[tuple[str, str]]] = {}
         h = self.hier
         u = str(h.unified) if h.unified else None
         self._cpu_v1 = str(h.cpuacct) if h.cpuacct else None
@@ -296,22 +319,62 @@ class CgroupReader:
             u if (self._cpu_limit_v1 is None and u and "cpu" in h.unified_controllers) else None
         )
 
-    def discover(self) -> list[PodCgroup]:
-        """Pods and their containers under the configured prefix."""
+    def discover(self, with_containers: bool = True) -> list[PodCgroup]:
+        """Pods (and, unless told not to, their containers) under the configured prefix."""
         root = self.hier.walk_root()
         pods = discover(root, self.prefix)
+        if not with_containers:
+            return pods
         out: list[PodCgroup] = []
         for pod in pods:
             driver: Driver = (
                 "systemd" if pod.relpath.split("/")[-1].endswith(".slice") else "cgroupfs"
             )
             containers = []
-            for name in _subdirs(os.path.join(str(root), pod.relpath)):
+            for name in _child_cgroups(os.path.join(str(root), pod.relpath)):
                 cid = parse_container_dirname(name, driver)
                 if cid:
                     containers.append(ContainerCgroup(cid, f"{pod.relpath}/{name}"))
             out.append(PodCgroup(pod.uid, pod.qos, pod.relpath, tuple(containers)))
         return out
+
+    def _pread(self, relpath: str, path: str) -> bytes:
+        fds = self._fds.setdefault(relpath, {})
+        fd = fds.get(path)
+        if fd is not None:
+            try:
+                return os.pread(fd, 65536, 0)
+            except OSError as exc:
+                if exc.errno not in _VANISHED:
+                    raise
+                # Removed (or removed and re-made under the same name): reopen once.
+                os.close(fd)
+                del fds[path]
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in _VANISHED:
+                raise CgroupVanished(path) from exc
+            raise
+        fds[path] = fd
+        try:
+            return os.pread(fd, 65536, 0)
+        except OSError as exc:
+            if exc.errno in _VANISHED:
+                raise CgroupVanished(path) from exc
+            raise
+
+    def release(self, live: set[str] | None = None) -> None:
+        """Close the files of cgroups not in live (all of them when live is None)."""
+        for relpath in [r for r in self._paths if live is None or r not in live]:
+            del self._paths[relpath]
+        for relpath in [r for r in self._fds if live is None or r not in live]:
+            for fd in self._fds.pop(relpath).values():
+                os.close(fd)
+
+    def open_files(self) -> int:
+        """Files kept open (for /metrics and the file-descriptor budget)."""
+        return sum(len(v) for v in self._fds.values())
 
     def inode(self, relpath: str) -> int:
         """The v2 cgroup id (directory inode) that bpf_skb_cgroup_id reports for it."""
@@ -322,34 +385,52 @@ class CgroupReader:
                 raise CgroupVanished(relpath) from exc
             raise
 
+    def _files(self, relpath: str, with_io: bool) -> list[tuple[str, str]]:
+        files: list[tuple[str, str]] = []
+        if self._cpu_v1:
+            files.append(("cpu_ns", f"{self._cpu_v1}/{relpath}/cpuacct.usage"))
+        elif self._cpu_v2:
+            files.append(("cpu_stat", f"{self._cpu_v2}/{relpath}/cpu.stat"))
+        if self._mem_v1:
+            files.append(("mem_usage", f"{self._mem_v1}/{relpath}/memory.usage_in_bytes"))
+            files.append(("mem_stat_v1", f"{self._mem_v1}/{relpath}/memory.stat"))
+        elif self._mem_v2:
+            files.append(("mem_usage", f"{self._mem_v2}/{relpath}/memory.current"))
+            files.append(("mem_stat_v2", f"{self._mem_v2}/{relpath}/memory.stat"))
+        if with_io and self._io_v1:
+            files.append(("blkio", f"{self._io_v1}/{relpath}/blkio.throttle.io_service_bytes"))
+        elif with_io and self._io_v2:
+            files.append(("io_stat", f"{self._io_v2}/{relpath}/io.stat"))
+        return files
+
     def read(self, relpath: str, inode: int, with_io: bool = True) -> CgroupStats:
         """Cumulative CPU and I/O counters and the working set of one cgroup, now."""
         self.reads += 1
+        files = self._paths.get(relpath)
+        if files is None:
+            files = self._paths[relpath] = self._files(relpath, with_io)
+        cpu: int | None = None
+        usage = -1
+        ws: int | None = None
+        io_r: int | None = None
+        io_w: int | None = None
         try:
-            cpu: int | None = None
-            if self._cpu_v1:
-                cpu = int(_read(f"{self._cpu_v1}/{relpath}/cpuacct.usage"))
-            elif self._cpu_v2:
-                stat = parse_flat_keyed(_read(f"{self._cpu_v2}/{relpath}/cpu.stat").decode())
-                cpu = stat["usage_usec"] * 1000
-            ws: int | None = None
-            if self._mem_v1:
-                usage = int(_read(f"{self._mem_v1}/{relpath}/memory.usage_in_bytes"))
-                mstat = _read(f"{self._mem_v1}/{relpath}/memory.stat")
-                ws = working_set(usage, _stat_value(mstat, b"\ntotal_inactive_file "))
-            elif self._mem_v2:
-                usage = int(_read(f"{self._mem_v2}/{relpath}/memory.current"))
-                mstat = b"\n" + _read(f"{self._mem_v2}/{relpath}/memory.stat")
-                ws = working_set(usage, _stat_value(mstat, b"\ninactive_file "))
-            io_r: int | None = None
-            io_w: int | None = None
-            if with_io:
-                if self._io_v1:
-                    io_r, io_w = parse_blkio_service_bytes(
-                        _read(f"{self._io_v1}/{relpath}/blkio.throttle.io_service_bytes").decode()
-                    )
-                elif self._io_v2:
-                    io_r, io_w = parse_io_stat(_read(f"{self._io_v2}/{relpath}/io.stat").decode())
+            for kind, path in files:
+                raw = self._pread(relpath, path)
+                if kind == "cpu_ns":
+                    cpu = int(raw)
+                elif kind == "mem_usage":
+                    usage = int(raw)
+                elif kind == "mem_stat_v1":
+                    ws = working_set(usage, _stat_value(raw, b"\ntotal_inactive_file "))
+                elif kind == "blkio":
+                    io_r, io_w = parse_blkio_service_bytes(raw.decode())
+                elif kind == "cpu_stat":
+                    cpu = _stat_value(b"\n" + raw, b"\nusage_usec ", required=True) * 1000
+                elif kind == "mem_stat_v2":
+                    ws = working_set(usage, _stat_value(b"\n" + raw, b"\ninactive_file "))
+                elif kind == "io_stat":
+                    io_r, io_w = parse_io_stat(raw.decode())
         except CgroupVanished:
             raise
         except (OSError, ValueError, KeyError):
@@ -382,10 +463,12 @@ class CgroupReader:
         return CgroupLimits(cpu, mem)
 
 
-def _stat_value(stat: bytes, key: bytes) -> int:
+def _stat_value(stat: bytes, key: bytes, required: bool = False) -> int:
     """One value of a memory.stat file, found without parsing the other ~40 lines."""
     i = stat.find(key)
     if i < 0:
+        if required:
+            raise KeyError(key.decode().strip())
         return 0
     j = stat.find(b"\n", i + len(key))
     return int(stat[i + len(key) : j if j >= 0 else None])
