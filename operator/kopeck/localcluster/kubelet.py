@@ -316,6 +316,7 @@ class PodWorker:
     kill_deadline_mono: float | None = None
     gone: bool = False
     deleted: bool = False
+    pause_until_mono: float = 0.0
     events_sent: set[str] = field(default_factory=set)
 
     @property
@@ -888,12 +889,17 @@ class MiniKubelet:
             for worker in list(self.workers.values()):
                 if self._stop.is_set():
                     break
+                if time.monotonic() < worker.pause_until_mono:
+                    continue
                 try:
                     self._sync_pod(worker)
                 except Exception as exc:
+                    # a bug or a kernel refusal: record it once, retry this pod in a while
+                    worker.pause_until_mono = time.monotonic() + 2.0
                     msg = f"pod {worker.namespace}/{worker.name}: {exc}"
-                    if msg not in self.errors:
-                        self.errors.append(msg)
+                    if msg in self.errors:
+                        continue
+                    self.errors.append(msg)
                     log.exception(
                         "kubelet %s: syncing pod %s/%s",
                         self.node_name,
@@ -986,6 +992,7 @@ class MiniKubelet:
             if not host_network:
                 self._wire(sandbox, ip)
         except Exception as exc:
+            w.plan = None  # planned again on the next attempt
             if w.sandbox is not None:
                 self._close_sandbox(w)
             elif w.ip and w.ip != self.settings.internal_ip:
