@@ -69,7 +69,18 @@ async def main(settings: Settings) -> None:
     from kopeck.operator.tls import ensure_serving_cert
     from kopeck.operator.workloads import OwnerResolver
 
-    kube = Kube(Credentials.load(settings.kubeconfig))
+    creds = Credentials.load(settings.kubeconfig)
+    kube = Kube(creds)
+
+    @kopf.on.login()
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        """kopf uses the same credentials as our own client (the kubeconfig we were given)."""
+        return kopf.ConnectionInfo(
+            server=creds.server, ca_path=creds.ca_file, insecure=creds.insecure,
+            certificate_path=creds.cert_file, private_key_path=creds.key_file,
+            token=creds.token, scheme="Bearer" if creds.token else None,
+        )
+
     state = State(settings=settings, kube=kube, resolver=OwnerResolver(kube))
     state.anomaly = AnomalyBook()
     cert_dir = settings.cert_dir or Path(tempfile.mkdtemp(prefix="kopeck-operator-tls-"))
@@ -135,7 +146,8 @@ async def main(settings: Settings) -> None:
         webhook.register()
         ks.admission.server = PolicyRoutingWebhookServer(
             addr=settings.bind, port=settings.webhook_port, host=host,
-            context=cert.server_context(), cadata=cert.ca_pem,
+            context=cert.server_context(), certfile=str(cert.cert_file),
+            pkeyfile=str(cert.key_file), cafile=str(cert.ca_file),
         )
         ks.admission.managed = None  # we manage it: one webhook per policy
         ca_bundle = base64.b64encode(cert.ca_pem).decode()

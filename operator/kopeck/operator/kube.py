@@ -142,15 +142,21 @@ class Kube:
         if body is not None:
             data = json.dumps(body)
             headers["Content-Type"] = content_type or "application/json"
-        async with session.request(method, url, data=data, headers=headers) as resp:
-            text = await resp.text()
-            try:
-                payload: Any = json.loads(text) if text else {}
-            except json.JSONDecodeError:
-                payload = text
-            if resp.status >= 400:
-                raise ApiError(resp.status, payload, f"{method} {path}")
-            return payload if isinstance(payload, dict) else {}
+        for attempt in range(10):
+            async with session.request(method, url, data=data, headers=headers) as resp:
+                text = await resp.text()
+                try:
+                    payload: Any = json.loads(text) if text else {}
+                except json.JSONDecodeError:
+                    payload = text
+                if resp.status == 429 and attempt < 9:  # not processed: wait as told, retry
+                    delay = float(resp.headers.get("Retry-After", "0.5") or 0.5)
+                    await asyncio.sleep(min(delay, 2.0))
+                    continue
+                if resp.status >= 400:
+                    raise ApiError(resp.status, payload, f"{method} {path}")
+                return payload if isinstance(payload, dict) else {}
+        raise ApiError(429, {}, f"{method} {path}")  # pragma: no cover
 
     async def get(self, path: str, params: dict[str, str] | None = None) -> JSON:
         """GET an object or list."""
