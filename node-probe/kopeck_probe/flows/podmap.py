@@ -56,6 +56,8 @@ class PodIPMap:
         """How long an ended lease is kept for late flow records."""
         self._leases: dict[Words, list[Lease]] = {}
         self._lock = threading.Lock()
+        self.version = 0
+        """Bumped on every change, so readers may cache a snapshot."""
 
     def assign(self, ip: str, pod: str, since: float) -> None:
         """``pod`` holds ``ip`` from ``since``; a previous open holder's lease ends there."""
@@ -69,6 +71,7 @@ class PodIPMap:
                     lease.end = max(lease.start, since)
             leases.append(Lease(pod, since))
             leases.sort(key=lambda lease: lease.start)
+            self.version += 1
 
     def release(self, ip: str, pod: str, until: float) -> None:
         """``pod`` no longer holds ``ip`` from ``until``."""
@@ -77,11 +80,19 @@ class PodIPMap:
             for lease in self._leases.get(key, ()):
                 if lease.pod == pod and lease.end == math.inf:
                     lease.end = max(lease.start, until)
+                    self.version += 1
 
     def leases(self, key: Words) -> list[Lease]:
         """A copy of the leases of an address (by words), oldest first."""
         with self._lock:
             return list(self._leases.get(key, ()))
+
+    def snapshot(self) -> tuple[int, dict[Words, list[Lease]]]:
+        """The version and a copy of every address's leases (one lock hold per batch)."""
+        with self._lock:
+            return self.version, {
+                k: [Lease(x.pod, x.start, x.end) for x in v] for k, v in self._leases.items()
+            }
 
     def owner(self, ip: str | Words, at: float) -> str | None:
         """The pod holding ``ip`` at time ``at`` (within the clock slack), if any."""
@@ -98,6 +109,7 @@ class PodIPMap:
                     self._leases[key] = kept
                 else:
                     del self._leases[key]
+            self.version += 1
 
     def __len__(self) -> int:
         with self._lock:

@@ -78,6 +78,7 @@ class Tally:
         self.totals: dict[str, PodFlowTotals] = {}
         self.unattributed = Traffic()
         self._class_cache: dict[Words, int] = {}
+        self._leases: tuple[int, dict[Words, list[Lease]]] = (-1, {})
 
     def set_topology(self, topology: Topology) -> None:
         """New nodes, labels or CIDRs: classify afresh from now on."""
@@ -108,8 +109,13 @@ class Tally:
         hi = np.full(len(uniq), -np.inf)
         ids = np.full(len(uniq), -1, dtype=np.int64)
         several: dict[int, list[Lease]] = {}
+        if self._leases[0] != self.pods.version:
+            self._leases = self.pods.snapshot()
+        by_words = self._leases[1]
         for k, words in enumerate(uniq):
-            leases = self.pods.leases(words)
+            leases = by_words.get(words)
+            if not leases:
+                continue
             if len(leases) == 1:
                 lease = leases[0]
                 lo[k], hi[k] = lease.start - slack, lease.end + slack
@@ -163,12 +169,13 @@ class Tally:
         size = len(names) * _NC
         octets = _sum_by(keys, batch.bytes[mine], size)
         packets = _sum_by(keys, batch.packets[mine], size)
-        for key in np.flatnonzero((octets > 0) | (packets > 0)):
-            p, c = divmod(int(key), _NC)
+        nz = np.flatnonzero((octets > 0) | (packets > 0))
+        for key, o, n in zip(nz.tolist(), octets[nz].tolist(), packets[nz].tolist(), strict=True):
+            p, c = divmod(key, _NC)
             totals = self.totals.get(names[p])
             if totals is None:
                 totals = self.totals[names[p]] = PodFlowTotals(names[p])
-            totals.add(CLASSES[c], direction, int(octets[key]), int(packets[key]))
+            totals.add(CLASSES[c], direction, o, n)
 
     def forget(self, pod: str) -> None:
         """Drop a pod's counters once its final values were reported (bounded memory)."""
