@@ -195,3 +195,23 @@ def test_collector_allow_list_and_bad_input_over_loopback() -> None:
     assert stats.drops == {"truncated_header": 1, "length_past_end": 2}
     assert totals["pod-a"].by_class["internet", "tx"].bytes == 2 * 1234
     assert stats.records == 2
+
+
+def test_ipv6_pods_and_mixed_batches() -> None:
+    pods = PodIPMap()
+    pods.assign("fd00:1::5", "pod6", since=0)
+    pods.assign("10.1.1.2", "pod4", since=0)
+    t = Tally(pods, TOPO)
+    t.add(
+        batch(
+            [
+                ("fd00:1::5", "2606:4700::1111", 100, 1, 5),
+                ("fd99::1", "fd00:1::5", 7, 1, 5),
+                ("10.1.1.2", "8.8.8.8", 3, 1, 5),
+            ]
+        )
+    )
+    assert snapshot(t) == {
+        "pod6": {("internet", "tx"): (100, 1), ("unclassified", "rx"): (7, 1)},
+        "pod4": {("internet", "tx"): (3, 1)},
+    }
