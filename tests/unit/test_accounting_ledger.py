@@ -67,13 +67,17 @@ def test_fold_and_round_trip() -> None:
     assert acc.normalized_cpu_core_seconds == Decimal("0.09")
     status = to_status(acc)
     # 3 x (2.5 requested core-s x 0.036/h + 5 requested GiB-s x 0.0045/h) = 0.00009375
-    assert status.cost.total == Decimal("0.000094")
+    # + 3 x 1000 B to the internet at 0.09/GiB, each interval rounded to 1e-12
+    assert status.cost.network == 3 * Decimal("0.000000083819")
+    assert status.cost.total == Decimal("0.00009375") + status.cost.network
     assert status.folded == {"n1/boot": "0-2"}
     assert status.summary.cost == "0.000094 USD"
     assert status.efficiency.cpu == 0.008
     wire = status_patch(acc)
-    assert wire["cost"]["total"] == "0.000094"
+    assert wire["cost"]["total"] == "0.000094001457"  # exact, plain digits
     assert AllocationStatus.model_validate(wire) == status
+    tiny = Accumulator(acc.key, period, cost_cpu=Decimal("1.2E-11"))
+    assert status_patch(tiny)["cost"]["cpu"] == "0.000000000012"
     back = from_status(acc.key, period, {**wire, "proposal": {"monthlySavings": "1"}})
     assert back.holds("n1", "boot", 1) and not back.holds("n1", "boot", 3)
     assert to_status(back).cost == status.cost

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from kopeck.accounting.cost import PodCost, PodInterval, money
+from kopeck.accounting.cost import QUANTUM, PodCost, PodInterval, money
 from kopeck.accounting.periods import PeriodWindow
 from kopeck.accounting.seqs import SeqSet
 from kopeck.accounting.summary import (
@@ -218,7 +218,7 @@ def to_status(acc: Accumulator) -> AllocationStatus:
     net = NetworkBytes(**{_CLASS_FIELDS[c]: n for c, n in acc.network_bytes.items()
                           if c in _CLASS_FIELDS})
     eff = acc.efficiency()
-    total = micro(acc.total)
+    total = acc.total.quantize(QUANTUM)
     last = (
         LastReport(node=acc.last_report[0], seq=acc.last_report[1], time=acc.last_report[2])
         if acc.last_report else None
@@ -241,12 +241,12 @@ def to_status(acc: Accumulator) -> AllocationStatus:
         ),
         cost=Cost(
             currency=acc.currency,
-            cpu=micro(acc.cost_cpu),
-            memory=micro(acc.cost_memory),
-            gpu=micro(acc.cost_gpu),
-            network=micro(acc.cost_network),
-            storage=micro(acc.cost_storage),
-            idle=micro(acc.cost_idle),
+            cpu=acc.cost_cpu.quantize(QUANTUM),
+            memory=acc.cost_memory.quantize(QUANTUM),
+            gpu=acc.cost_gpu.quantize(QUANTUM),
+            network=acc.cost_network.quantize(QUANTUM),
+            storage=acc.cost_storage.quantize(QUANTUM),
+            idle=acc.cost_idle.quantize(QUANTUM),
             total=total,
         ),
         efficiency=eff,
@@ -255,7 +255,7 @@ def to_status(acc: Accumulator) -> AllocationStatus:
             cpu=core_hours_text(float(acc.cpu_core_seconds)),
             memory=gib_hours_text(float(acc.memory_byte_seconds)),
             network=bytes_text(sum(acc.network_bytes.values())),
-            cost=money_text(total, acc.currency),
+            cost=money_text(micro(total), acc.currency),
             efficiency=percent_text(eff.overall),
         ),
         last_report=last,
@@ -265,8 +265,17 @@ def to_status(acc: Accumulator) -> AllocationStatus:
 
 
 def status_patch(acc: Accumulator) -> dict[str, Any]:
-    """The JSON status to write: the checkpoint plus the parts other components own."""
-    body = to_status(acc).to_wire()
+    """The JSON status to write: the checkpoint plus the parts other components own.
+
+    Money is written exactly (1e-12, plain digits) so that a restart restores the very
+    same sums; Decimal's own str() would use exponent notation for tiny amounts.
+    """
+    status = to_status(acc)
+    body = status.to_wire()
+    body["cost"].update({
+        name: format(getattr(status.cost, name), "f")
+        for name in ("cpu", "memory", "gpu", "network", "storage", "idle", "total")
+    })
     body.update(acc.extra)
     return body
 

@@ -151,7 +151,15 @@ class Checkpointer:
             async with sem:
                 try:
                     await self.write(acc, status)
-                except (TimeoutError, ApiError, OSError) as exc:
+                except ApiError as exc:
+                    if exc.status in (403, 404, 422):  # namespace gone, or refused for good:
+                        log.warning("dropping record %s/%s: %s", akey[0].ref, akey[1], exc)
+                        state.accs.pop(akey, None)  # retrying cannot help
+                        state.counters["checkpoint_dropped"] += 1
+                        return
+                    log.warning("checkpoint of %s/%s failed: %s", akey[0].ref, akey[1], exc)
+                    failed.append(akey)
+                except (TimeoutError, OSError) as exc:
                     log.warning("checkpoint of %s/%s failed: %s", akey[0].ref, akey[1], exc)
                     failed.append(akey)
 
@@ -181,9 +189,11 @@ class Checkpointer:
         try:
             await kube.merge_patch(path, {"status": status})
         except ApiError as exc:
-            if exc.not_found:  # deleted behind our back: recreate next time
-                self._existing.discard((ns, name))
-            raise
+            if not exc.not_found or acc.key.kind == "Node":
+                raise
+            # deleted behind our back: recreate it with everything we hold
+            await kube.create(resource_path(API_VERSION, PLURAL, ns), body)
+            await kube.merge_patch(path, {"status": status})
         self.writes += 1
 
     async def _ensure_namespace(self, ns: str) -> None:
