@@ -10,10 +10,16 @@ import socket
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from kopeck_probe.config import SA_TOKEN, ProbeConfig
+
+if TYPE_CHECKING:
+    from kopeck_probe.pods import PodDirectory
+    from kopeck_probe.push import HttpsTransport
+    from kopeck_probe.wiring import EbpfNetworkSource, FlowSource, VethNetworkSource
 
 log = logging.getLogger("kopeck_probe")
 
@@ -49,6 +55,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--no-watch", action="store_true", help="do not watch Pods (report by UID only)")
     a("--kubeconfig", default=None, help="kubeconfig for the Pod watch (default: in-cluster)")
     a("--log-level", default="INFO", help="logging level")
+    n = parser.add_argument_group(
+        "network",
+        "Per-pod bytes: the kernel's totals (eBPF, else veth) and, with --flows-listen, the "
+        "same traffic by class from a NetFlow/IPFIX exporter. Reports list both, each with "
+        "its source: they measure the same bytes and are never added up.",
+    )
+    n.add_argument(
+        "--network",
+        choices=("ebpf", "veth", "off"),
+        default="ebpf",
+        help="pod byte counters: eBPF at the kubepods cgroup (falls back to veth, with one "
+        "warning, when the kernel refuses BPF), host-side veth counters, or none",
+    )
+    n.add_argument(
+        "--ebpf-cost-every",
+        type=float,
+        default=60.0,
+        help="seconds between measurements of the eBPF program's own cost (0: never)",
+    )
+    n.add_argument(
+        "--ebpf-cost-window",
+        type=float,
+        default=5.0,
+        help="seconds each cost measurement keeps kernel BPF stats on",
+    )
+    n.add_argument(
+        "--flows-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="NetFlow v9 / IPFIX collector address, e.g. 0.0.0.0:2055 (empty: no collector)",
+    )
+    n.add_argument(
+        "--flows-allow",
+        type=_csv,
+        action="extend",
+        default=None,
+        metavar="CIDR,...",
+        help="exporter addresses/CIDRs accepted (default: this node's addresses, loopback)",
+    )
+    n.add_argument("--zone", default=None, help="this node's topology.kubernetes.io/zone")
+    n.add_argument("--region", default=None, help="this node's topology.kubernetes.io/region")
+    n.add_argument(
+        "--pod-cidr", type=_csv, action="extend", default=[], metavar="CIDR,...",
+        help="this node's pod CIDRs",
+    )  # fmt: skip
+    n.add_argument(
+        "--node-cidr", type=_csv, action="extend", default=[], metavar="CIDR[=ZONE[/REGION]],...",
+        help="ranges of nodes or their pods and where they are (default: this node's zone)",
+    )  # fmt: skip
+    n.add_argument(
+        "--internal-cidr", type=_csv, action="extend", default=[], metavar="CIDR[=CLASS],...",
+        help="ranges whose traffic has a fixed class (intraZone, crossZone, crossRegion, "
+        "internet, unclassified; default intraZone), e.g. the service CIDR",
+    )  # fmt: skip
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def config_from_args(args: argparse.Namespace) -> ProbeConfig:
@@ -68,7 +132,55 @@ def config_from_args(args: argparse.Namespace) -> ProbeConfig:
         metrics_addr=args.metrics_addr,
         watch_pods=not args.no_watch,
         kubeconfig=args.kubeconfig,
+        network=args.network,
+        ebpf_cost_every_s=args.ebpf_cost_every,
+        ebpf_cost_window_s=args.ebpf_cost_window,
+        flows_listen=args.flows_listen,
+        flows_allow=tuple(args.flows_allow) if args.flows_allow is not None else None,
+        zone=args.zone or None,
+        region=args.region or None,
+        pod_cidrs=tuple(args.pod_cidr),
+        node_cidrs=tuple(args.node_cidr),
+        internal_cidrs=tuple(args.internal_cidr),
     )
+
+
+def open_network(cfg: ProbeConfig) -> EbpfNetworkSource | VethNetworkSource | None:
+    """The configured per-pod byte counters; eBPF refused by the kernel falls back to veth."""
+    from kopeck_probe.wiring import EbpfNetworkSource, VethNetworkSource
+
+    if cfg.network == "off":
+        return None
+    if cfg.network == "ebpf":
+        try:
+            return EbpfNetworkSource(cfg.cgroup_base, cfg.prefix)
+        except OSError as exc:
+            log.warning(
+                "eBPF network counters unavailable (%s): using host-side veth counters instead "
+                "(L2 bytes; pods without a veth are not counted); --network veth silences this",
+                exc,
+            )
+    return VethNetworkSource(cfg.cgroup_base, cfg.prefix)
+
+
+def open_flows(cfg: ProbeConfig, directory: PodDirectory) -> FlowSource | None:
+    """The flow collector on --flows-listen, leasing pod IPs from the watch (and, when the
+    watch is off, from the pods' own network namespaces)."""
+    if not cfg.flows_listen:
+        return None
+    from kopeck_probe.wiring import PodNetns, build_topology, node_addresses, open_flow_source
+
+    topology = build_topology(
+        cfg.node_name,
+        cfg.zone,
+        cfg.region,
+        cfg.pod_cidrs,
+        cfg.node_cidrs,
+        cfg.internal_cidrs,
+        node_addresses(),
+    )
+    netns = None if cfg.watch_pods else PodNetns(cfg.cgroup_base, cfg.prefix)
+    return open_flow_source(cfg.flows_listen, cfg.flows_allow, topology, directory.uid_by_ip, netns)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,9 +196,7 @@ def run(args: argparse.Namespace) -> int:
                 "kopeck probe: %s: %s", ".".join(str(x) for x in err["loc"]) or "flags", err["msg"]
             )
         return 2
-    from kopeck_probe.metrics import serve
-    from kopeck_probe.pods import PodDirectory, PodWatcher
-    from kopeck_probe.probe import Probe
+    from kopeck_probe.pods import PodDirectory
     from kopeck_probe.push import HttpsTransport
 
     transport = None
@@ -108,19 +218,56 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     directory = PodDirectory()
-    probe = Probe(cfg, transport=transport, directory=directory)
+    try:
+        network = open_network(cfg)
+        flows = open_flows(cfg, directory)
+    except OSError as exc:  # e.g. the flow port is taken
+        log.error("kopeck probe: %s", exc)
+        return 2
+    try:
+        return _run(cfg, transport, directory, network, flows, stop)
+    finally:
+        if flows is not None:
+            flows.stop()
+        if network is not None:
+            network.close()
+
+
+def _run(
+    cfg: ProbeConfig,
+    transport: HttpsTransport | None,
+    directory: PodDirectory,
+    network: EbpfNetworkSource | VethNetworkSource | None,
+    flows: FlowSource | None,
+    stop: threading.Event,
+) -> int:
+    from kopeck_probe.metrics import serve
+    from kopeck_probe.pods import PodWatcher
+    from kopeck_probe.probe import Probe
+    from kopeck_probe.wiring import EbpfNetworkSource, NetworkHealth
+
+    probe = Probe(cfg, transport=transport, network=network, flows=flows, directory=directory)
     if cfg.metrics_port:
-        serve(probe.metrics, cfg.metrics_port, cfg.metrics_addr)
+        serve(probe.metrics, cfg.metrics_port, cfg.metrics_addr, NetworkHealth(network, flows))
+    if isinstance(network, EbpfNetworkSource) and cfg.ebpf_cost_every_s > 0:
+        threading.Thread(
+            target=network.sample_cost_forever,
+            args=(stop, cfg.ebpf_cost_every_s, cfg.ebpf_cost_window_s),
+            name="ebpf-cost",
+            daemon=True,
+        ).start()
     if cfg.watch_pods:
         watcher = PodWatcher(directory, cfg.node_name, cfg.kubeconfig)
         threading.Thread(target=watcher.run, args=(stop,), name="pod-watch", daemon=True).start()
     log.info(
-        "probing node %s: cgroups under %s/%s, sample %.1fs, report %.1fs",
+        "probing node %s: cgroups under %s/%s, sample %.1fs, report %.1fs, network %s, flows %s",
         cfg.node_name,
         cfg.cgroup_base,
         cfg.prefix or "",
         cfg.sample_interval_s,
         cfg.report_interval_s,
+        network.source if network else "off",
+        cfg.flows_listen or "off",
     )
     probe.run(stop)
     return 0

@@ -2,12 +2,95 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kopeck.api.report import TrafficClass
 
 SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 SA_CA = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+TRAFFIC_CLASSES: tuple[TrafficClass, ...] = (
+    "intraZone",
+    "crossZone",
+    "crossRegion",
+    "internet",
+    "unclassified",
+)
+
+
+def _network(value: str, flag: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError as exc:
+        raise ValueError(f"{flag} {value!r} is not a CIDR (e.g. 10.0.0.0/16)") from exc
+
+
+def parse_listen(value: str, default_port: int = 2055) -> tuple[str, int]:
+    """'HOST:PORT', '[V6]:PORT', ':PORT' or 'HOST' -> (host, port); no host = 0.0.0.0."""
+    v = value.strip()
+    if v.startswith("["):
+        host, _, rest = v[1:].partition("]")
+        port = rest.lstrip(":")
+    elif v.count(":") == 1:
+        host, _, port = v.partition(":")
+    else:  # a bare host name or IPv6 address
+        host, port = v, ""
+    p = int(port) if port else default_port
+    if not 0 <= p <= 65535:
+        raise ValueError(f"port {p} out of range")
+    if host:
+        ipaddress.ip_address(host)
+    return host or "0.0.0.0", p
+
+
+MAX_ALLOW_ADDRESSES = 4096
+
+
+def allowed_exporters(values: tuple[str, ...]) -> frozenset[str]:
+    """--flows-allow addresses and CIDRs as the set of addresses the collector accepts
+    (it checks each datagram's source by exact match: CIDRs are expanded, up to a bound)."""
+    out: set[str] = set()
+    for v in values:
+        net = _network(v, "--flows-allow")
+        if net.num_addresses > MAX_ALLOW_ADDRESSES:
+            raise ValueError(
+                f"--flows-allow {v!r} holds {net.num_addresses} addresses; list the "
+                f"exporters (at most {MAX_ALLOW_ADDRESSES} addresses)"
+            )
+        out.update(str(a) for a in net if net.num_addresses == 1 or a not in _ends(net))
+    return frozenset(out)
+
+
+def _ends(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> set[object]:
+    """Network and broadcast addresses of an IPv4 range (never an exporter's)."""
+    if net.version == 4 and net.prefixlen < 31:
+        return {net.network_address, net.broadcast_address}
+    return set()
+
+
+def parse_located_cidr(value: str) -> tuple[str, str | None, str | None]:
+    """--node-cidr 'CIDR[=ZONE[/REGION]]' -> (cidr, zone, region)."""
+    cidr, _, where = value.partition("=")
+    _network(cidr, "--node-cidr")
+    zone, _, region = where.partition("/")
+    return cidr.strip(), zone.strip() or None, region.strip() or None
+
+
+def parse_classed_cidr(value: str) -> tuple[str, TrafficClass]:
+    """--internal-cidr 'CIDR[=CLASS]' -> (cidr, class); the class defaults to intraZone."""
+    cidr, _, cls = value.partition("=")
+    _network(cidr, "--internal-cidr")
+    name = cls.strip() or "intraZone"
+    for known in TRAFFIC_CLASSES:
+        if name == known:
+            return cidr.strip(), known
+    raise ValueError(
+        f"--internal-cidr {value!r}: unknown traffic class {name!r} "
+        f"(one of {', '.join(TRAFFIC_CLASSES)})"
+    )
 
 
 class ProbeConfig(BaseModel):
@@ -49,6 +132,65 @@ class ProbeConfig(BaseModel):
     """Watch this node's Pods on the API server for names and requests."""
     kubeconfig: str | None = None
     """Kubeconfig for the watch (default: in-cluster, then ~/.kube/config)."""
+
+    network: Literal["ebpf", "veth", "off"] = "ebpf"
+    """Per-pod byte counters: eBPF (falls back to veth with one warning), veth, or none."""
+    ebpf_cost_every_s: float = Field(default=60.0, ge=0)
+    """Measure the eBPF programs' own cost every this many seconds (0: never)."""
+    ebpf_cost_window_s: float = Field(default=5.0, gt=0)
+    """Length of each cost measurement (kernel BPF stats are on only during it)."""
+    flows_listen: str = ""
+    """HOST:PORT of the NetFlow v9 / IPFIX collector ('' = no flow collector)."""
+    flows_allow: tuple[str, ...] | None = None
+    """Exporter addresses or CIDRs accepted (None: this node's addresses and loopback)."""
+    zone: str | None = None
+    """This node's topology.kubernetes.io/zone, for classifying flows."""
+    region: str | None = None
+    """This node's topology.kubernetes.io/region, for classifying flows."""
+    pod_cidrs: tuple[str, ...] = ()
+    """This node's pod CIDRs."""
+    node_cidrs: tuple[str, ...] = ()
+    """CIDR[=ZONE[/REGION]] ranges of nodes (or their pods) with their place (default: here)."""
+    internal_cidrs: tuple[str, ...] = ()
+    """CIDR[=CLASS] ranges whose traffic has a fixed class (default intraZone)."""
+
+    @field_validator("flows_listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v:
+            try:
+                parse_listen(v)
+            except ValueError as exc:
+                raise ValueError(f"--flows-listen {v!r}: {exc}; use HOST:PORT") from exc
+        return v
+
+    @field_validator("flows_allow")
+    @classmethod
+    def _allow(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is not None:
+            allowed_exporters(v)
+        return v
+
+    @field_validator("pod_cidrs")
+    @classmethod
+    def _pod_cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for item in v:
+            _network(item, "--pod-cidr")
+        return v
+
+    @field_validator("node_cidrs")
+    @classmethod
+    def _node_cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for item in v:
+            parse_located_cidr(item)
+        return v
+
+    @field_validator("internal_cidrs")
+    @classmethod
+    def _internal_cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for item in v:
+            parse_classed_cidr(item)
+        return v
 
     @model_validator(mode="after")
     def _intervals(self) -> ProbeConfig:

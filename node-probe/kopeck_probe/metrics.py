@@ -180,13 +180,16 @@ class ProbeMetrics(Collector):
         )
 
 
-def registry_with(metrics: ProbeMetrics) -> CollectorRegistry:
-    """A registry holding only the probe's collector (no process defaults double-registered)."""
+def registry_with(metrics: ProbeMetrics, *extra: Collector) -> CollectorRegistry:
+    """A registry holding only the probe's collectors (no process defaults double-registered);
+    extra: the network sources' own health (see wiring.NetworkHealth)."""
     reg = CollectorRegistry()
     reg.register(metrics)
+    for c in extra:
+        reg.register(c)
     return reg
 
 
-def serve(metrics: ProbeMetrics, port: int, addr: str = "0.0.0.0") -> None:
+def serve(metrics: ProbeMetrics, port: int, addr: str = "0.0.0.0", *extra: Collector) -> None:
     """Serve /metrics on a background thread."""
-    start_http_server(port, addr=addr, registry=registry_with(metrics))
+    start_http_server(port, addr=addr, registry=registry_with(metrics, *extra))
