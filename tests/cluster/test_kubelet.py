@@ -245,6 +245,9 @@ spec:
     term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert term["exitCode"] == 0 and term["reason"] == "Completed"
     assert "hello world" in kubelet.logs(namespace, pod["metadata"]["name"], "main")
+    # kubectl logs goes through the apiserver to the kubelet's endpoint
+    out = cluster.kubectl("logs", "-n", namespace, pod["metadata"]["name"]).stdout
+    assert out == "hello world\n"
 
 
 def test_failing_container_restarts_with_on_failure(
@@ -259,7 +262,7 @@ spec:
   {pin(kubelet)}
   restartPolicy: OnFailure
   containers:
-  - {{name: main, image: busybox, command: ["sh", "-c", "exit 3"]}}
+  - {{name: main, image: busybox, command: ["sh", "-c", "echo attempt; exit 3"]}}
 """
     )
 
@@ -272,6 +275,8 @@ spec:
 
     status = wait_for("restartCount >= 2", restarted, timeout=30)
     assert status["lastState"]["terminated"]["exitCode"] == 3
+    previous = cluster.kubectl("logs", "-n", namespace, "crasher", "--previous").stdout
+    assert previous == "attempt\n"
     pod = get_json(cluster, "pod", "-n", namespace, "crasher")
     assert pod["status"]["phase"] == "Running"
 

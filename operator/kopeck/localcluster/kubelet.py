@@ -38,6 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from kopeck.localcluster.kubelet_server import LogServer
 from kopeck.localcluster.kubelet_spec import (
     CFS_PERIOD_US,
     SLEEP_FOREVER,
@@ -357,6 +358,7 @@ class MiniKubelet:
         log_dir: Path | None = None,
         cgroup_base: Path = CGROUP_BASE,
         request_timeout: float = 10.0,
+        serve_logs: bool = True,
     ) -> None:
         from kubernetes import client
 
@@ -396,6 +398,8 @@ class MiniKubelet:
         self.node_registered = threading.Event()
         self.synced = threading.Event()
         self.errors: list[str] = []
+        self.serve_logs = serve_logs
+        self.log_server: LogServer | None = None
 
     # -- what the probe needs to know ------------------------------------------------
     def cgroup_roots(self) -> dict[str, Path]:
@@ -423,6 +427,25 @@ class MiniKubelet:
         """Where container output goes, laid out as /var/log/pods (<ns>_<name>_<uid>/<ctr>/)."""
         return self.log_dir / f"{namespace}_{name}_{uid}"
 
+    def _pod_dir(self, namespace: str, name: str) -> Path | None:
+        for w in list(self.workers.values()):
+            if w.namespace == namespace and w.name == name:
+                return self.pod_log_dir(namespace, name, w.uid)
+        found = sorted(self.log_dir.glob(f"{namespace}_{name}_*"), key=lambda p: p.stat().st_mtime)
+        return found[-1] if found else None
+
+    def _log_files(self, namespace: str, name: str, container: str) -> list[Path]:
+        pod_dir = self._pod_dir(namespace, name)
+        if pod_dir is None:
+            return []
+        return sorted((pod_dir / container).glob("*.log"), key=lambda p: int(p.stem))
+
+    def _is_running(self, namespace: str, name: str, container: str) -> bool:
+        return any(
+            w.namespace == namespace and w.name == name and container in w.runs
+            for w in list(self.workers.values())
+        )
+
     def logs(self, namespace: str, name: str, container: str | None = None) -> str:
         """The output of a Pod's container (every run, oldest first): stands in for kubectl logs."""
         out: list[str] = []
@@ -445,8 +468,18 @@ class MiniKubelet:
             network=True,
         )
         try:
+            if self.serve_logs:
+                self.log_server = LogServer(
+                    self._log_files,
+                    self._is_running,
+                    self.log_dir / ".pki",
+                    host=self.settings.internal_ip,
+                ).start()
             self._register_node()
         except BaseException:
+            if self.log_server is not None:
+                self.log_server.stop()
+                self.log_server = None
             self.host.close()
             self.host = None
             raise
@@ -485,6 +518,9 @@ class MiniKubelet:
         if self.host is not None:
             self.host.close()
             self.host = None
+        if self.log_server is not None:
+            self.log_server.stop()
+            self.log_server = None
         remove = self.delete_node_on_stop if delete_node is None else delete_node
         if remove:
             self._delete_node_objects()
@@ -547,11 +583,12 @@ class MiniKubelet:
                 ),
                 cond("Ready", True, "KubeletReady", "kopeck mini-kubelet is posting ready status"),
             ],
-            "addresses": [
-                {"type": "InternalIP", "address": s.internal_ip},
-                {"type": "Hostname", "address": self.node_name},
-            ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            # No Hostname address: the apiserver would try it first to reach the kubelet
+            # endpoint (kubectl logs), and a Node name need not resolve.
+            "addresses": [{"type": "InternalIP", "address": s.internal_ip}],
+            "daemonEndpoints": {
+                "kubeletEndpoint": {"Port": self.log_server.port if self.log_server else 0}
+            },
             "nodeInfo": {
                 "machineID": _read("/etc/machine-id"),
                 "systemUUID": _read("/etc/machine-id"),
