@@ -426,3 +426,29 @@ spec:
     assert bridge and subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode
     nodes = cluster.kubectl("get", "node", name, check=False)
     assert nodes.returncode != 0 and "NotFound" in nodes.stderr
+
+
+def test_security_context_user_and_group_apply(
+    cluster: ClusterHandle, kubelet: MiniKubelet, namespace: str
+) -> None:
+    cluster.apply(
+        f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: nobody, namespace: {namespace}}}
+spec:
+  {pin(kubelet)}
+  restartPolicy: Never
+  securityContext: {{runAsUser: 65534, runAsGroup: 65534}}
+  containers:
+  - {{name: main, image: busybox, command: ["sh", "-c", "id -u; id -g; id -G"]}}
+"""
+    )
+
+    def done() -> bool:
+        pod = get_json(cluster, "pod", "-n", namespace, "nobody")
+        return bool(pod["status"].get("phase") == "Succeeded")
+
+    wait_for("the pod to succeed", done, timeout=30)
+    out = cluster.kubectl("logs", "-n", namespace, "nobody").stdout
+    assert out == "65534\n65534\n65534\n"

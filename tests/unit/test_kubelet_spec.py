@@ -214,3 +214,25 @@ def test_plan_pod_prefers_the_apiservers_qos_and_rejects_bad_specs() -> None:
         plan_pod(pod(), {}, which_only())
     with pytest.raises(PodSpecError, match=r"resources\.limits\.cpu"):
         plan_pod(pod(ctr(limits={"cpu": "lots"})), {}, which_only())
+
+
+def test_security_context_user_and_group_run_under_setpriv() -> None:
+    p = pod(
+        ctr("a", command=["id"], securityContext={"runAsUser": 1000}),
+        ctr("b", command=["id"]),
+        securityContext={"runAsGroup": 2000},
+    )
+    a, b = plan_pod(p, {}, which_only()).containers
+    assert a.exec_argv() == (
+        "setpriv",
+        "--reuid=1000",
+        "--regid=2000",
+        "--clear-groups",
+        "--",
+        "id",
+    )
+    assert b.exec_argv() == ("setpriv", "--regid=2000", "--clear-groups", "--", "id")
+    plain = plan_pod(pod(ctr(command=["id"])), {}, which_only()).containers[0]
+    assert plain.exec_argv() == ("id",)
+    with pytest.raises(PodSpecError, match="runAsNonRoot"):
+        plan_pod(pod(ctr(command=["id"], securityContext={"runAsNonRoot": True})), {}, which_only())

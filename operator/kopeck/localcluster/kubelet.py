@@ -1155,7 +1155,7 @@ class MiniKubelet:
         log_file = open(log_dir / f"{state.restart_count}.log", "ab")  # noqa: SIM115
         try:
             proc = w.sandbox.run(
-                plan.argv,
+                plan.exec_argv(),
                 container=plan.name,
                 env=plan.env,
                 cwd=cwd,

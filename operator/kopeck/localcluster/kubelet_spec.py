@@ -56,6 +56,18 @@ class ContainerPlan:
     limits: CgroupLimits
     note: str | None = None
     """Why argv is not the spec's command (no command given): shown in an Event."""
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+
+    def exec_argv(self) -> tuple[str, ...]:
+        """argv as started: under setpriv when the securityContext names a user or group."""
+        if self.run_as_user is None and self.run_as_group is None:
+            return self.argv
+        ids: list[str] = []
+        if self.run_as_user is not None:
+            ids.append(f"--reuid={self.run_as_user}")
+        ids.append(f"--regid={self.run_as_group if self.run_as_group is not None else 0}")
+        return ("setpriv", *ids, "--clear-groups", "--", *self.argv)
 
 
 @dataclass(frozen=True)
@@ -334,6 +346,8 @@ def plan_pod(
     if grace is None:
         grace = spec.get("terminationGracePeriodSeconds", 30)
 
+    pod_security = spec.get("securityContext") or {}
+
     def plan(ctr: Mapping[str, Any], kind: ContainerKind) -> ContainerPlan:
         base = {**base_env, "HOSTNAME": str(meta.get("name", ""))}
         env = container_env(ctr, pod, base, host_ip=host_ip, pod_ip=pod_ip)
@@ -345,8 +359,19 @@ def plan_pod(
             ctr_policy = "Always"
         else:
             ctr_policy = policy
+        security = {**pod_security, **(ctr.get("securityContext") or {})}
+        user = security.get("runAsUser")
+        group = security.get("runAsGroup")
+        if security.get("runAsNonRoot") and not user:
+            raise PodSpecError(
+                f"pod {meta.get('namespace')}/{meta.get('name')} container {ctr.get('name')!r}: "
+                "runAsNonRoot is set but no non-zero runAsUser is given (no image to read a "
+                "USER from): set securityContext.runAsUser"
+            )
         return ContainerPlan(
             name=str(ctr.get("name") or "main"),
+            run_as_user=int(user) if user is not None else None,
+            run_as_group=int(group) if group is not None else None,
             kind=kind,
             argv=argv,
             env=env,
