@@ -10,6 +10,10 @@ containers per restartPolicy with back-off, and finalizes deleted Pods, so that 
 (ReplicaSet, Job, namespace) behave exactly as on a real cluster.
 
 Images are not pulled: a container's command must exist on this host (see kubelet_spec).
+Commands run on the host filesystem, as root unless securityContext names a user: join only
+clusters you own (the local one), or taint the Node (NodeSettings.taints) so that only Pods
+that tolerate it land here. `kubectl logs` works through a loopback endpoint
+(kubelet_server); exec, port-forward, probes, volumes and resource-backed env do not.
 """
 
 from __future__ import annotations
