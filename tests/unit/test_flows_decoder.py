@@ -96,7 +96,15 @@ def test_v9_uptime_wraparound() -> None:
 
 
 def test_ipv6_and_enterprise_and_ntp_fields() -> None:
-    fields: list[c.Field] = [(27, 16), (5, 4, 9), (28, 16), (1, 8), (7, 0xFFFF, 12345), (2, 4), (155, 8)]
+    fields: list[c.Field] = [
+        (27, 16),
+        (5, 4, 9),
+        (28, 16),
+        (1, 8),
+        (7, 0xFFFF, 12345),
+        (2, 4),
+        (155, 8),
+    ]
     tpl = c.set_(2, c.template_record(400, fields, ipfix=True))
     src = bytes.fromhex("20010db8000000000000000000000001")
     dst = bytes.fromhex("20010db8000000000000000000000002")
