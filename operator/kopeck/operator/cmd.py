@@ -83,6 +83,7 @@ async def main(settings: Settings) -> None:
 
     state = State(settings=settings, kube=kube, resolver=OwnerResolver(kube))
     state.anomaly = AnomalyBook()
+    state.active = not settings.peering  # a peer is on standby until the peering says otherwise
     cert_dir = settings.cert_dir or Path(tempfile.mkdtemp(prefix="kopeck-operator-tls-"))
     host = settings.advertise_host or settings.bind
     cert = ensure_serving_cert(cert_dir, [host, settings.bind, "localhost", "127.0.0.1"])
@@ -123,7 +124,6 @@ async def main(settings: Settings) -> None:
 
     if settings.peering:
         await ensure_peering(kube, settings.peering)
-        state.active = False
         tasks.append(asyncio.create_task(
             follow(kube, settings.peering, identity, priority, on_change)
         ))

@@ -88,6 +88,7 @@ class OperatorProcess:
         log = self.log_path.open("ab")
         env = dict(os.environ)
         env.pop("KUBECONFIG", None)
+        env["PYTHONUNBUFFERED"] = "1"  # a killed operator leaves its whole log
         self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
