@@ -42,7 +42,7 @@ from kopeck_probe.config import (
     parse_listen,
     parse_located_cidr,
 )
-from kopeck_probe.ebpf import BpfError, Counters, EbpfReader, VethReader, bpf_stats, total_cost
+from kopeck_probe.ebpf import Counters, EbpfReader, VethReader, bpf_stats, total_cost
 from kopeck_probe.ebpf.cost import ProgramCost
 from kopeck_probe.flows.classify import Location, NodePlacement, Topology, parse_cidrs
 from kopeck_probe.flows.collector import CollectorConfig, FlowCollector, local_addresses
@@ -162,8 +162,9 @@ class EbpfNetworkSource:
                 continue
             try:
                 self.sample_cost(min(window_s, every_s))
-            except (OSError, BpfError) as exc:
-                log.warning("cannot measure the eBPF programs' cost: %s", exc)
+            except (OSError, RuntimeError) as exc:  # BpfError; RuntimeError: closed at exit
+                if not stop.is_set():
+                    log.warning("cannot measure the eBPF programs' cost: %s", exc)
                 return
 
     def close(self) -> None:
