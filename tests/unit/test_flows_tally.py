@@ -8,6 +8,7 @@ import struct
 import time
 
 import numpy as np
+import pytest
 
 from kopeck_probe.flows import craft as c
 from kopeck_probe.flows.classify import (
@@ -215,3 +216,36 @@ def test_ipv6_pods_and_mixed_batches() -> None:
         "pod6": {("internet", "tx"): (100, 1), ("unclassified", "rx"): (7, 1)},
         "pod4": {("internet", "tx"): (3, 1)},
     }
+
+
+def test_a_decoder_bug_is_counted_and_the_collector_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pods = PodIPMap()
+    pods.assign("10.0.0.1", "pod-a", since=0)
+    cfg = CollectorConfig(host="127.0.0.1", port=0, allowed_exporters=frozenset({"127.0.0.1"}))
+    tpl = c.set_(2, c.template_record(256, c.TYPICAL_FIELDS, ipfix=True))
+    rec = c.set_(256, c.typical_record(0x0A000001, 0x08080808, 1, 2, 10, 1, 0, 1_000))
+    with (
+        FlowCollector(pods, TOPO, cfg) as col,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+    ):
+        real_feed = col.decoder.feed
+        calls = {"n": 0}
+
+        def flaky(data: bytes, exporter: str) -> bool:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("injected decoder bug")
+            return real_feed(data, exporter)
+
+        monkeypatch.setattr(col.decoder, "feed", flaky)
+        for seq in range(3):
+            _send(sender, col.address[1], c.ipfix([tpl, rec], seq=seq))
+        deadline = time.monotonic() + 5
+        while col.stats().datagrams < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        totals = col.totals()
+        stats = col.stats()
+    assert stats.internal_errors == 1
+    assert totals["pod-a"].by_class["internet", "tx"].bytes == 20
