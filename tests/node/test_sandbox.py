@@ -87,3 +87,18 @@ def test_two_pods_talk_over_their_bridge() -> None:
 def test_layout_detects_this_machine() -> None:
     layout = cgroup_layout()
     assert "unified" in layout
+
+
+def test_names_are_not_reused_after_a_pod_closes() -> None:
+    with SandboxHost() as host:
+        a, b = host.pod(), host.pod()
+        a.close()
+        c = host.pod()  # would collide with b's netns if names came from the pod count
+        assert c.netns != b.netns and c.host_veth != b.host_veth
+
+
+def test_fractional_cpu_limits_round_to_the_nearest_microsecond() -> None:
+    with SandboxHost(network=False) as host:
+        pod = host.pod(network=False, cpu_limit_cores=0.29)
+        if "cpu" in pod.cgroup_dirs():
+            assert (pod.cgroup_dirs()["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "29000"

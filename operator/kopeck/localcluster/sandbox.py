@@ -268,6 +268,7 @@ class SandboxHost:
         self.bridge: str | None = None
         self._tag = tag
         self._made_dirs: list[Path] = []
+        self._wired = 0
         if network:
             self.bridge = f"kpkbr{tag}"
             _run_ip("link", "add", self.bridge, "type", "bridge")
@@ -303,13 +304,13 @@ class SandboxHost:
         """Write CPU and memory limits the way the kubelet does (v1 CFS quota, memory limit)."""
         if cpu_limit_cores is not None and "cpu" in dirs:
             _write(dirs["cpu"] / "cpu.cfs_period_us", str(CFS_PERIOD_US))
-            _write(dirs["cpu"] / "cpu.cfs_quota_us", str(int(cpu_limit_cores * CFS_PERIOD_US)))
+            _write(dirs["cpu"] / "cpu.cfs_quota_us", str(round(cpu_limit_cores * CFS_PERIOD_US)))
         if memory_limit_bytes is not None and "memory" in dirs:
             _write(dirs["memory"] / "memory.limit_in_bytes", str(memory_limit_bytes))
         unified = dirs.get("unified")
         if unified is not None:
             if cpu_limit_cores is not None and (unified / "cpu.max").exists():
-                _write(unified / "cpu.max", f"{int(cpu_limit_cores * CFS_PERIOD_US)} {CFS_PERIOD_US}")
+                _write(unified / "cpu.max", f"{round(cpu_limit_cores * CFS_PERIOD_US)} {CFS_PERIOD_US}")
             if memory_limit_bytes is not None and (unified / "memory.max").exists():
                 _write(unified / "memory.max", str(memory_limit_bytes))
 
@@ -358,7 +359,8 @@ class SandboxHost:
     def _wire(self, pod: PodSandbox, ip: str | None) -> None:
         if self.bridge is None:
             raise RuntimeError("this SandboxHost was made without network")
-        short = f"{self._tag}{len(self.pods):03d}"
+        self._wired += 1  # only goes up: a closed pod's names are never reused while live
+        short = f"{self._tag}{self._wired:03d}"
         pod.netns = f"kpk-{short}"
         pod.host_veth = f"kpv{short}"
         peer = f"kpp{short}"
