@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("kopeck.api.crds_cmd", "write or check crds/*.yaml from the pydantic models"),
     "cluster": ("kopeck.localcluster.cmd", "build and run a local etcd + kube-apiserver"),
+    "kubelet": ("kopeck.localcluster.kubelet_cmd", "run this machine as a node of a local cluster"),
     "operator": ("kopeck.operator.cmd", "run the operator (reconcile, ingest, webhook)"),
     "probe": ("kopeck_probe.cmd", "run the node-probe on this node"),
     "demo": ("kopeck.demo", "run the whole product on this machine and show the figures"),

@@ -2,8 +2,8 @@
 
 No container engine exists on the machines kopeck is tested on, so kind cannot run; the
 same binaries a cluster runs are started here as plain processes with generated
-certificates. There is no kubelet: pods are scheduled onto Node objects that a test or the
-sandbox harness registers.
+certificates. No real kubelet runs either: ``kopeck.localcluster.kubelet`` registers this
+machine as a Node and runs the pods bound to it in real sandboxes.
 
 The processes are recorded by pid (with their start time, so a recycled pid is never
 signalled) in ``<dir>/state.json``; ``stop`` and ``kopeck cluster down`` end exactly those.
