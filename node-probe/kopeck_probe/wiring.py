@@ -20,6 +20,7 @@ classes from flows and use the kernel totals to check (and bound) them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -102,6 +103,10 @@ class EbpfNetworkSource:
         """The programs' cost over the last sampled window (see sample_cost_forever)."""
         self.cost_total = ProgramCost(0, 0)
         """Sum of every sampled window: runs and run time the kernel measured."""
+        if Hierarchies.detect(cgroup_base).unified is None:
+            raise OSError(
+                errno.EOPNOTSUPP, f"no cgroup v2 hierarchy under {cgroup_base} to attach at"
+            )
         self.attach()  # raises OSError (BpfError) when the kernel refuses: caller falls back
 
     def attach(self) -> bool:

@@ -212,6 +212,13 @@ def test_ebpf_source_attaches_late_when_kubepods_appears(tmp_path: Path) -> None
     assert src.read() == {7: NetCounters(1, 2, 3, 4)}
 
 
+def test_ebpf_needs_cgroup_v2(tmp_path: Path) -> None:
+    (tmp_path / "cpuacct").mkdir()
+    (tmp_path / "cpuacct" / "cpuacct.usage").write_text("0\n")
+    with pytest.raises(OSError, match="no cgroup v2"):
+        EbpfNetworkSource(tmp_path, opener=lambda p: FakeEbpf(p, {}))  # type: ignore[arg-type,return-value]
+
+
 def test_ebpf_refused_falls_back_to_veth(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*a: object, **k: object) -> None:
         raise PermissionError(1, "Operation not permitted")
