@@ -88,11 +88,11 @@ class Probe:
         raise_fd_limit()
 
     # -- one sampling cycle ----------------------------------------------------------
-    def _read(self, relpath: str) -> CgroupStats:
+    def _read(self, relpath: str, with_io: bool = True, memory_stat: bool = True) -> CgroupStats:
         ino = self._inodes.get(relpath)
         if ino is None:
             ino = self._inodes[relpath] = self.reader.inode(relpath)
-        return self.reader.read(relpath, ino)
+        return self.reader.read(relpath, ino, with_io, memory_stat)
 
     def sample(self, full: bool = True) -> list[ThresholdEvent]:
         """Read every pod cgroup once and fold it in; return thresholds newly crossed.
@@ -113,7 +113,7 @@ class Probe:
             stats: CgroupStats | None
             unreadable = False
             try:
-                stats = self._read(pod.relpath)
+                stats = self._read(pod.relpath, with_io=False, memory_stat=full)
                 if reread_limits or pod.relpath not in self._limits:
                     self._limits[pod.relpath] = self.reader.limits(pod.relpath)
             except CgroupVanished:
