@@ -252,3 +252,24 @@ def close_ended(state: State, now: dt.datetime) -> list[AccKey]:
             state.dirty.add(akey)
             closed.append(akey)
     return closed
+
+
+async def prime(state: State) -> None:
+    """Fill the caches by listing, so that nothing is judged or priced before the watches
+    have delivered policies, namespaces, nodes and pods."""
+    from kopeck.operator.costpolicies import remember
+    from kopeck.operator.nodes import node_facts
+    from kopeck.operator.pods import register_pod
+
+    policies = await state.kube.get(resource_path(API_VERSION, "costpolicies"))
+    for item in policies.get("items") or []:
+        remember(state, item)
+    for item in (await state.kube.get("/api/v1/namespaces")).get("items") or []:
+        meta = item.get("metadata") or {}
+        state.namespaces[str(meta.get("name"))] = dict(meta.get("labels") or {})
+    for item in (await state.kube.get("/api/v1/nodes")).get("items") or []:
+        facts = node_facts(item)
+        state.nodes[facts.name] = facts
+    for item in (await state.kube.get("/api/v1/pods")).get("items") or []:
+        await register_pod(state, item)
+    state.ready = True

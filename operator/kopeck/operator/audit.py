@@ -44,11 +44,15 @@ async def status_loop(state: State, wake: asyncio.Event) -> None:
         if not state.active:
             continue
         now = utcnow()
+        idle_conditions(state, now)
+        state.dirty_changed()
         for entry in list(state.policies.values()):
             try:
-                await write_status(state, entry, now)
-            except (ApiError, OSError) as exc:
+                await asyncio.wait_for(write_status(state, entry, now), timeout=15)
+            except (TimeoutError, ApiError, OSError) as exc:
                 log.warning("status of CostPolicy %s: %s", entry.named.name, exc)
+            except Exception:  # a bug must not stop every later status write
+                log.exception("status of CostPolicy %s failed", entry.named.name)
 
 
 async def sweep_loop(state: State, kick: Any, interval: float) -> None:
@@ -59,9 +63,12 @@ async def sweep_loop(state: State, kick: Any, interval: float) -> None:
             continue
         try:
             await sweep(state)
+            state.dirty_changed()
             kick()
         except (ApiError, OSError) as exc:
             log.warning("audit sweep: %s", exc)
+        except Exception:  # keep sweeping whatever one pass hit
+            log.exception("audit sweep failed")
 
 
 async def sweep(state: State) -> None:

@@ -58,7 +58,7 @@ async def main(settings: Settings) -> None:
         pods,
         webhook,
     )
-    from kopeck.operator.allocations import Checkpointer, restore
+    from kopeck.operator.allocations import Checkpointer, prime, restore
     from kopeck.operator.anomalies import AnomalyBook
     from kopeck.operator.audit import status_loop, sweep_loop
     from kopeck.operator.ingest import Ingest, announce
@@ -97,6 +97,7 @@ async def main(settings: Settings) -> None:
         hook_wake.set()
 
     checkpointer = Checkpointer(state)
+    state.flush_soon = checkpointer.bump
 
     async def on_hits(hits: list[Any]) -> None:
         await announce(state, hits, kick)
@@ -118,7 +119,8 @@ async def main(settings: Settings) -> None:
             state.histories.clear()
             state.dirty.clear()
             count = await restore(state)
-            log.info("restored %d allocations", count)
+            await prime(state)
+            log.info("restored %d allocations; caches primed", count)
         state.active = active
         kick()
 
@@ -129,6 +131,7 @@ async def main(settings: Settings) -> None:
         ))
     else:
         log.info("restored %d allocations", await restore(state))
+        await prime(state)
     tasks.append(asyncio.create_task(checkpointer.run()))
     tasks.append(asyncio.create_task(status_loop(state, status_wake)))
     tasks.append(asyncio.create_task(

@@ -65,20 +65,7 @@ async def policy_event(
     if event.get("type") == "DELETED":
         state.policies.pop(name, None)
         return
-    spec, invalid = parse_policy(body)
-    generation = int(meta.get("generation") or 0)
-    old = state.policies.get(name)
-    if spec is None:
-        if old is None:
-            spec = CostPolicySpec.model_validate(
-                {"pricing": {"rateCard": {"cpuCoreHour": 0, "memoryGiBHour": 0}}}
-            )
-        else:
-            spec = old.named.spec
-    state.policies[name] = PolicyEntry(
-        NamedPolicy(name, spec, generation), dict(body.get("status") or {}), invalid,
-        str(meta.get("resourceVersion") or "") or None,
-    )
+    remember(state, body)
     kick = getattr(memo, "kick", None)
     if callable(kick):
         kick()
@@ -135,13 +122,17 @@ def compute_status(
         ),
         "observedGeneration": gen,
     }
-    crossed_prev = prev.get("thresholdsCrossed") or [] if prev.get("period") == window.name else []
+    announced = state.announced.setdefault((policy.name, window.name), set())
+    if prev.get("period") == window.name:
+        announced.update(prev.get("thresholdsCrossed") or [])
+    crossed_prev = sorted(announced)
     budget = spec.budget
     if budget is not None:
         amount = budget.amount
         status["remaining"] = str(micro(remaining(amount, spent)))
         reached = thresholds_reached(amount, spent, budget.thresholds)
         for t in newly_crossed(reached, crossed_prev):
+            announced.add(t)
             events.append((
                 "BudgetThreshold",
                 f"CostPolicy {policy.name}: spent {money_text(spent, currency)} of "
@@ -174,9 +165,11 @@ def compute_status(
         now, gen,
     )
     silent = silent_nodes(state, now_s)
-    prev_silent = set(prev.get("silentNodes") or [])
-    if set(silent) != prev_silent:
-        for node in sorted(set(silent) - prev_silent):
+    told = state.silent_announced.setdefault(policy.name, set())
+    told &= set(silent)  # a node that reports again may be announced again later
+    for node in silent:
+        if node not in told:
+            told.add(node)
             events.append((
                 "ProbeSilent",
                 f"node {node}: no probe report for {SILENT_INTERVALS} intervals "
@@ -268,3 +261,23 @@ def prune_reservations(
             continue
         keep.append(r)
     return keep if len(keep) != len(current) else None
+
+
+def remember(state: State, body: Mapping[str, Any]) -> None:
+    """Put one CostPolicy object into the cache (from a watch event or a listing)."""
+    meta = body.get("metadata") or {}
+    name = str(meta.get("name", ""))
+    spec, invalid = parse_policy(body)
+    old = state.policies.get(name)
+    if spec is None:
+        if old is None:
+            spec = CostPolicySpec.model_validate(
+                {"pricing": {"rateCard": {"cpuCoreHour": 0, "memoryGiBHour": 0}}}
+            )
+        else:
+            spec = old.named.spec
+    state.policies[name] = PolicyEntry(
+        NamedPolicy(name, spec, int(meta.get("generation") or 0)),
+        dict(body.get("status") or {}), invalid,
+        str(meta.get("resourceVersion") or "") or None,
+    )

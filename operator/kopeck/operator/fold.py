@@ -7,6 +7,7 @@ calls `fold_report`, which runs without awaiting and so is atomic within the eve
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -29,6 +30,7 @@ from kopeck.operator.state import AccKey, PodInfo, State, period_kind
 from kopeck.operator.workloads import Workload
 
 ZERO = Decimal(0)
+log = logging.getLogger("kopeck.fold")
 NO_RATES = Rates(currency="USD", cpu_core_second=ZERO, memory_byte_second=ZERO)
 
 
@@ -141,6 +143,10 @@ def fold_report(state: State, report: ProbeReport, now: dt.datetime) -> FoldResu
         else:
             workload = info.workload
         policy = state.policy_for(workload.key.namespace, workload.labels)
+        if policy is None:
+            log.debug("no CostPolicy for %s (namespace labels %s, policies %s)",
+                      workload.key.ref, state.namespaces.get(workload.key.namespace),
+                      {n: e.invalid for n, e in state.policies.items()})
         entries.append((pod, info, workload, policy, pod_interval(pod, info, interval_s)))
 
     costs: list[PodCost] = []

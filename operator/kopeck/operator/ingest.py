@@ -134,6 +134,9 @@ class Ingest:
         if not state.active:
             metrics.REPORTS.labels("inactive").inc()
             return _error(503, "this operator replica is on standby; retry", retry_after=1)
+        if not state.ready:
+            metrics.REPORTS.labels("warming").inc()
+            return _error(503, "the operator is starting; retry", retry_after=1)
         try:
             raw = await request.read()
             report = ProbeReport.model_validate_json(raw)

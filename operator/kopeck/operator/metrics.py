@@ -40,7 +40,9 @@ async def serve_health(host: str, port: int, state: Any) -> web.AppRunner:
     """Start /healthz (200 while the loop runs; says active or standby) and /metrics."""
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "active": bool(state.active)})
+        return web.json_response(
+            {"ok": True, "active": bool(state.active), "ready": bool(state.ready)}
+        )
 
     async def metrics(_: web.Request) -> web.Response:
         ACTIVE.set(1 if state.active else 0)

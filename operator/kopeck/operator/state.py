@@ -79,11 +79,24 @@ class State:
     """Policy name -> current spend per second (trailing window), for forecasts."""
     spend_log: dict[str, deque[tuple[float, Decimal]]] = field(default_factory=dict)
     """Policy name -> (report end, spend) over the trailing window."""
+    announced: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+    """(policy, period) -> thresholds already announced (status may lag behind a watch)."""
+    silent_announced: dict[str, set[str]] = field(default_factory=dict)
+    """Policy -> nodes already announced as silent."""
     counters: Counter[str] = field(default_factory=Counter)
     anomaly: Any = None
+    flush_soon: Any = None
+    """Wakes the checkpointer (set at start) for changes made outside ingest."""
+    ready: bool = False
+    """True once the caches were filled by listing (see allocations.prime)."""
     active: bool = True
     """False while another replica holds the lead (kopf peering)."""
     started: float = field(default_factory=time.time)
+
+    def dirty_changed(self) -> None:
+        """Ask for a checkpoint of records changed by the sweep or the status loop."""
+        if self.dirty and callable(self.flush_soon):
+            self.flush_soon()
 
     def valid_policies(self) -> list[NamedPolicy]:
         """Policies whose spec parsed."""

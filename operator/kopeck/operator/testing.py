@@ -94,8 +94,9 @@ class OperatorProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"operator exited with {self.proc.returncode}: {self.log_tail()}")
-            if self.health() is not None and self.ca_file.exists():
-                return
+            h = self.health()
+            if h is not None and self.ca_file.exists() and (h.get("ready") or not h.get("active")):
+                return  # caches primed (or a standby replica, which primes when it leads)
             time.sleep(0.2)
         raise TimeoutError(f"operator not healthy in {timeout}s: {self.log_tail()}")
 
@@ -122,7 +123,9 @@ class OperatorProcess:
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             h = self.health()
-            if h is not None and bool(h.get("active")) == active:
+            if h is not None and bool(h.get("active")) == active and (
+                h.get("ready") or not active
+            ):
                 return time.monotonic() - start
             time.sleep(0.1)
         raise TimeoutError(f"operator not {'active' if active else 'standby'} in {timeout}s")
