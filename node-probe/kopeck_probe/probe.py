@@ -33,6 +33,7 @@ from kopeck_probe.cgroups import (
     CgroupReader,
     CgroupStats,
     CgroupVanished,
+    ContainerCgroup,
     Hierarchies,
 )
 from kopeck_probe.config import ProbeConfig
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 
 def raise_fd_limit() -> None:
-    """Four files per cgroup stay open: lift the soft descriptor limit to the hard one."""
+    """Up to eight files per pod cgroup stay open: lift the soft descriptor limit to the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -97,51 +98,51 @@ class Probe:
     def sample(self, full: bool = True) -> list[ThresholdEvent]:
         """Read every pod cgroup once and fold it in; return thresholds newly crossed.
 
-        A full cycle also lists and reads container cgroups; light cycles (between reports)
-        read pod cgroups only, which is what billing and short-lived pods need each second:
-        pod counters include their containers', so nothing is lost, containers are only
-        resolved at report time. This halves the probe's cost at 1,000 pods.
+        A full cycle also lists and reads container cgroups and reads memory.stat; light
+        cycles (between reports) read each pod's CPU and memory usage counters only, which
+        is what billing and short-lived pods need each second: pod counters include their
+        containers', so nothing is lost, containers are resolved at report time, and the
+        working set between two memory.stat reads is corrected with the last one's inactive
+        file size (see cgroups.MEMORY_STAT_SLACK_BYTES). Pod I/O is not read: reports carry
+        I/O per container. At 1,000 pods this brings a light cycle from 31 ms of CPU to ~10.
         """
         cpu0 = time.thread_time()
         t = self.clock()
-        pods = self.reader.discover(with_containers=full)
+        reader = self.reader
+        read = reader.read
+        inodes, limits = self._inodes, self._limits
+        pods = reader.discover(with_containers=full)
         reread_limits = self._cycle % self.cfg.limits_every_cycles == 0
         observations: list[PodObservation] = []
         live: set[str] = set()
         for pod in pods:
-            live.add(pod.relpath)
+            rel = pod.relpath
             stats: CgroupStats | None
             unreadable = False
             try:
-                stats = self._read(pod.relpath, with_io=False, memory_stat=full)
-                if reread_limits or pod.relpath not in self._limits:
-                    self._limits[pod.relpath] = self.reader.limits(pod.relpath)
+                ino = inodes.get(rel)
+                if ino is None:
+                    ino = inodes[rel] = reader.inode(rel)
+                stats = read(rel, ino, False, full)
+                if reread_limits or rel not in limits:
+                    limits[rel] = reader.limits(rel)
             except CgroupVanished:
                 stats = None
             except (OSError, ValueError, KeyError):
                 stats, unreadable = None, True
-            ctrs: list[ContainerObservation] = []
-            if full and stats is not None:
-                for c in pod.containers:
-                    live.add(c.relpath)
-                    try:
-                        ctrs.append(
-                            ContainerObservation(c.container_id, c.relpath, self._read(c.relpath))
-                        )
-                    except CgroupVanished:
-                        ctrs.append(ContainerObservation(c.container_id, c.relpath, None))
-                    except (OSError, ValueError, KeyError):
-                        ctrs.append(
-                            ContainerObservation(c.container_id, c.relpath, None, unreadable=True)
-                        )
+            ctrs: tuple[ContainerObservation, ...] = ()
+            if full:
+                live.add(rel)
+                if stats is not None and pod.containers:
+                    ctrs = tuple(self._read_container(c, live) for c in pod.containers)
             observations.append(
                 PodObservation(
                     pod.uid,
                     pod.qos,
-                    pod.relpath,
+                    rel,
                     stats,
-                    tuple(ctrs),
-                    self._limits.get(pod.relpath),
+                    ctrs,
+                    limits.get(rel),
                     unreadable,
                     containers_read=full,
                 )
@@ -167,6 +168,15 @@ class Probe:
         h.sample_seconds = self.clock() - t
         self.cpu_seconds_sampling += time.thread_time() - cpu0
         return events
+
+    def _read_container(self, c: ContainerCgroup, live: set[str]) -> ContainerObservation:
+        live.add(c.relpath)
+        try:
+            return ContainerObservation(c.container_id, c.relpath, self._read(c.relpath))
+        except CgroupVanished:
+            return ContainerObservation(c.container_id, c.relpath, None)
+        except (OSError, ValueError, KeyError):
+            return ContainerObservation(c.container_id, c.relpath, None, unreadable=True)
 
     def _thresholds(self) -> list[ThresholdEvent]:
         rates = self.attributor.cpu_rates()
