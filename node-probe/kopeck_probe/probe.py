@@ -135,6 +135,15 @@ class Probe:
                 live.add(rel)
                 if stats is not None and pod.containers:
                     ctrs = tuple(self._read_container(c, live) for c in pod.containers)
+                    if any(c.stats is None and not c.unreadable for c in ctrs):
+                        # One vanished: perhaps replaced by one the directory's link
+                        # count did not show (see CgroupReader.discover). Look now.
+                        seen = {c.relpath for c in pod.containers}
+                        ctrs += tuple(
+                            self._read_container(c, live)
+                            for c in reader.relist(pod).containers
+                            if c.relpath not in seen
+                        )
             observations.append(
                 PodObservation(
                     pod.uid,
@@ -172,7 +181,8 @@ class Probe:
     def _read_container(self, c: ContainerCgroup, live: set[str]) -> ContainerObservation:
         live.add(c.relpath)
         try:
-            return ContainerObservation(c.container_id, c.relpath, self._read(c.relpath))
+            stats = self._read(c.relpath, with_io=True, memory_stat=False)
+            return ContainerObservation(c.container_id, c.relpath, stats)
         except CgroupVanished:
             return ContainerObservation(c.container_id, c.relpath, None)
         except (OSError, ValueError, KeyError):
