@@ -22,7 +22,7 @@ from kopeck.accounting.cost import (
 )
 from kopeck.accounting.ledger import NODE_KIND, WorkloadKey, namespace_total_key
 from kopeck.accounting.matching import NamedPolicy
-from kopeck.accounting.periods import split_interval
+from kopeck.accounting.periods import PeriodWindow, split_interval
 from kopeck.accounting.prices import NodeFacts, Rates, rates_for_node
 from kopeck.accounting.seqs import SeqSet
 from kopeck.api.report import PodUsage, ProbeReport
@@ -130,6 +130,7 @@ def fold_report(state: State, report: ProbeReport, now: dt.datetime) -> FoldResu
     facts = node_facts(state, report)
     cpu_factor = facts.cpu_factor
 
+    policy_cache: dict[tuple[str, WorkloadKey], NamedPolicy | None] = {}
     entries: list[tuple[PodUsage, PodInfo | None, Workload, NamedPolicy | None, PodInterval]] = []
     for pod in report.pods:
         info = resolve_pod(state, pod)
@@ -142,16 +143,23 @@ def fold_report(state: State, report: ProbeReport, now: dt.datetime) -> FoldResu
             result.unattributed += 1
         else:
             workload = info.workload
-        policy = state.policy_for(workload.key.namespace, workload.labels)
-        if policy is None:
-            log.debug("no CostPolicy for %s (namespace labels %s, policies %s)",
-                      workload.key.ref, state.namespaces.get(workload.key.namespace),
-                      {n: e.invalid for n, e in state.policies.items()})
+        ckey = (workload.key.namespace, workload.key)
+        if ckey not in policy_cache:
+            policy_cache[ckey] = state.policy_for(workload.key.namespace, workload.labels)
+            if policy_cache[ckey] is None:
+                log.debug("no CostPolicy for %s (namespace labels %s)", workload.key.ref,
+                          state.namespaces.get(workload.key.namespace))
+        policy = policy_cache[ckey]
         entries.append((pod, info, workload, policy, pod_interval(pod, info, interval_s)))
 
+    rates_cache: dict[str | None, Rates] = {}
     costs: list[PodCost] = []
     for _, _, _, policy, pi in entries:
-        rates = rates_for_node(policy.spec.pricing, facts) if policy else NO_RATES
+        pname = policy.name if policy else None
+        rates = rates_cache.get(pname)
+        if rates is None:
+            rates = rates_for_node(policy.spec.pricing, facts) if policy else NO_RATES
+            rates_cache[pname] = rates
         costs.append(pod_cost(pi, rates))
     node_pol = _node_policy(state, [e[3] for e in entries])
     node_rates = rates_for_node(node_pol.spec.pricing, facts) if node_pol else NO_RATES
@@ -164,14 +172,29 @@ def fold_report(state: State, report: ProbeReport, now: dt.datetime) -> FoldResu
     if state.settings.share_idle:
         interval = share_idle(interval)
 
+    # group the report's pods by workload: one fold per record, not one per pod
+    groups: dict[WorkloadKey, tuple[Workload, NamedPolicy | None, list[PodInterval],
+                                    list[PodCost], list[PodUsage]]] = {}
+    for (pod, _info, workload, policy, pi), cost in zip(entries, interval.pods, strict=True):
+        group = groups.get(workload.key)
+        if group is None:
+            group = (workload, policy, [], [], [])
+            groups[workload.key] = group
+        group[2].append(pi)
+        group[3].append(cost)
+        group[4].append(pod)
+
+    splits: dict[str, list[tuple[PeriodWindow, Decimal]]] = {}
     touched: set[AccKey] = set()
     held = 0
-    cpu_seen: dict[AccKey, list[Decimal]] = defaultdict(lambda: [ZERO, ZERO, ZERO])
-    for (pod, _info, workload, policy, pi), cost in zip(entries, interval.pods, strict=True):
+    cpu_seen: dict[AccKey, list[Decimal]] = {}
+    for wkey, (_workload, policy, pis, group_costs, usages) in groups.items():
         kind = period_kind(policy)
+        if kind not in splits:
+            splits[kind] = split_interval(kind, start, end)
         fresh = False
-        for window, frac in split_interval(kind, start, end):
-            for key in (workload.key, namespace_total_key(workload.key.namespace)):
+        for window, frac in splits[kind]:
+            for key in (wkey, namespace_total_key(wkey.namespace)):
                 acc = state.accumulator(key, window, policy)
                 akey = (key, window.name)
                 if acc.closed and acc.period.end <= now:
@@ -182,27 +205,29 @@ def fold_report(state: State, report: ProbeReport, now: dt.datetime) -> FoldResu
                 if acc.holds(report.node, report.boot_id, report.seq):
                     held += 1
                     continue
-                acc.add(pi, cost, fraction=frac, cpu_factor=cpu_factor)
+                acc.add_group(pis, group_costs, fraction=frac, cpu_factor=cpu_factor)
                 touched.add(akey)
-                if key == workload.key:
+                if key == wkey:
                     fresh = True
-                    seen = cpu_seen[akey]
-                    seen[0] += pi.cpu_core_seconds * frac
-                    seen[1] += pi.cpu_request_cores * pi.seconds * frac
-                    seen[2] += cost.total * frac
-        spend = cost.total
-        result.spend_by_workload[workload.key] = (
-            result.spend_by_workload.get(workload.key, ZERO) + spend
-        )
-        ns = workload.key.namespace
+                    cpu_seen[akey] = [
+                        sum((p.cpu_core_seconds for p in pis), ZERO) * frac,
+                        sum((p.cpu_request_cores * p.seconds for p in pis), ZERO) * frac,
+                        sum((c.total for c in group_costs), ZERO) * frac,
+                    ]
+        spend = sum((c.total for c in group_costs), ZERO)
+        result.spend_by_workload[wkey] = result.spend_by_workload.get(wkey, ZERO) + spend
+        ns = wkey.namespace
         result.spend_by_namespace[ns] = result.spend_by_namespace.get(ns, ZERO) + spend
         if policy is not None:
-            result.policy_by_workload[workload.key] = policy.name
+            result.policy_by_workload[wkey] = policy.name
             result.spend_by_policy[policy.name] = (
                 result.spend_by_policy.get(policy.name, ZERO) + spend
             )
-        if fresh and pod.containers:
-            state.history(workload.key).add_pod_usage(pod, start, end)
+            if fresh and policy.spec.rightsizing.mode == "Propose":
+                history = state.history(wkey)
+                for pod in usages:
+                    if pod.containers:
+                        history.add_pod_usage(pod, start, end)
 
     if interval.idle != 0 or not entries:
         node_key = WorkloadKey(state.settings.namespace, NODE_KIND, report.node, "v1")

@@ -19,6 +19,11 @@ INGEST_SECONDS = Histogram(
 ADMISSIONS = Counter(
     "kopeck_admissions_total", "Admission reviews by verdict", ["verdict"], registry=REGISTRY
 )
+ADMISSION_SECONDS = Histogram(
+    "kopeck_admission_seconds", "Time to answer one AdmissionReview inside the operator",
+    registry=REGISTRY,
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
 ANOMALIES = Counter(
     "kopeck_spend_anomalies_total", "Spend-rate anomalies detected", ["scope"],
     registry=REGISTRY,

@@ -86,13 +86,16 @@ class PolicyRoutingWebhookServer(kopf.WebhookServer):
 
     @staticmethod
     async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        started = time.perf_counter()
         headers = dict(request.headers)
         hook, _, policy = request.match_info.get("id", "").partition("/")
         headers[POLICY_HEADER] = policy
         try:
             data = json.loads(await request.text())
             response = await fn(data, webhook=hook or None, headers=headers, sslpeer=None)
-            return aiohttp.web.json_response(response)
+            answer = aiohttp.web.json_response(response)
+            metrics.ADMISSION_SECONDS.observe(time.perf_counter() - started)
+            return answer
         except json.JSONDecodeError as exc:
             metrics.ADMISSIONS.labels("malformed").inc()
             raise aiohttp.web.HTTPBadRequest(reason="malformed AdmissionReview") from exc
