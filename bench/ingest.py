@@ -31,6 +31,8 @@ import aiohttp
 
 from kopeck.operator.testing import (
     deployment_manifest,
+    kubectl_for,
+    percentile,
     pod_usage,
     policy_manifest,
     probe_token,
@@ -38,9 +40,7 @@ from kopeck.operator.testing import (
     running_operator,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from webhook import REPO, kubectl_for, percentile
-
+REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "ingest.json"
 
 

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,30 +29,16 @@ from typing import Any
 import aiohttp
 
 from kopeck.operator.kube import Credentials
-from kopeck.operator.testing import deployment_manifest, policy_manifest, running_operator
+from kopeck.operator.testing import (
+    deployment_manifest,
+    kubectl_for,
+    percentile,
+    policy_manifest,
+    running_operator,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "webhook.json"
 REPO = Path(__file__).resolve().parents[1]
-
-
-def kubectl_for(kubeconfig: Path) -> Any:
-    env = dict(os.environ, KUBECONFIG=str(kubeconfig))
-
-    def kubectl(*args: str, input: str | None = None, check: bool = True
-                ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True,
-                              env=env, timeout=120)
-        if check and proc.returncode:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr}")
-        return proc
-
-    return kubectl
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
 
 
 async def burst(creds: Credentials, namespace: str, concurrency: int, total: int

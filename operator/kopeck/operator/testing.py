@@ -293,3 +293,25 @@ def probe_token(kubectl: Kubectl, op: OperatorProcess, account: str = "probe") -
     """A fresh token of the operator's probe ServiceAccount (TokenRequest)."""
     out: str = kubectl("create", "token", account, "-n", op.namespace).stdout.strip()
     return out
+
+
+def kubectl_for(kubeconfig: Path) -> Kubectl:
+    """A kubectl(*args, input=, check=) for one kubeconfig (benchmarks, scripts)."""
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+
+    def kubectl(*args: str, input: str | None = None, check: bool = True
+                ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True,
+                              env=env, timeout=120)
+        if check and proc.returncode:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr}")
+        return proc
+
+    return kubectl
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of a non-empty list."""
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
