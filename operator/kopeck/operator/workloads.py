@@ -52,26 +52,29 @@ def _requests(container: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def pod_shape(spec: Mapping[str, Any]) -> PodShape:
-    """Effective requests of one pod: max(sum of containers, largest init) plus overhead."""
-    cpu = mem = gpu = ZERO
-    for c in spec.get("containers") or []:
-        r = _requests(c)
-        cpu += _quantity(r.get("cpu"))
-        mem += _quantity(r.get("memory"))
-        gpu += _gpus(r)
-    for c in spec.get("initContainers") or []:
-        r = _requests(c)
-        if c.get("restartPolicy") == "Always":  # sidecar: runs alongside the app
-            cpu += _quantity(r.get("cpu"))
-            mem += _quantity(r.get("memory"))
-            continue
-        cpu = max(cpu, _quantity(r.get("cpu")))
-        mem = max(mem, _quantity(r.get("memory")))
-        gpu = max(gpu, _gpus(r))
+    """Effective requests of one pod, as the scheduler counts them (KEP-753 sidecars):
+    max(app containers + sidecars, the peak while init containers run) plus overhead."""
+    totals: list[Decimal] = []
+    for resource in ("cpu", "memory", "gpu"):
+        def amount(c: Mapping[str, Any], resource: str = resource) -> Decimal:
+            r = _requests(c)
+            return _gpus(r) if resource == "gpu" else _quantity(r.get(resource))
+
+        app = sum((amount(c) for c in spec.get("containers") or []), ZERO)
+        sidecars = peak = ZERO
+        for c in spec.get("initContainers") or []:
+            if c.get("restartPolicy") == "Always":  # a sidecar keeps running with the app
+                sidecars += amount(c)
+                peak = max(peak, sidecars)
+            else:
+                peak = max(peak, amount(c) + sidecars)
+        totals.append(max(app + sidecars, peak))
     overhead = spec.get("overhead") or {}
-    cpu += _quantity(overhead.get("cpu"))
-    mem += _quantity(overhead.get("memory"))
-    return PodShape(cpu_cores=cpu, memory_bytes=mem, gpus=gpu)
+    return PodShape(
+        cpu_cores=totals[0] + _quantity(overhead.get("cpu")),
+        memory_bytes=totals[1] + _quantity(overhead.get("memory")),
+        gpus=totals[2],
+    )
 
 
 def container_resources(spec: Mapping[str, Any]) -> dict[str, Resources]:
