@@ -91,7 +91,7 @@ async def sweep(state: State) -> None:
     await close_gone_workloads(state, now)
     close_ended(state, now)
     idle_conditions(state, now)
-    proposals(state, now)
+    await proposals(state, now)
 
 
 def _live_workloads(state: State) -> set[Any]:
@@ -151,16 +151,48 @@ def _current(state: State, acc: Accumulator) -> tuple[dict[str, Resources], int]
     return containers, max(1, len(pods))
 
 
-def proposals(state: State, now: dt.datetime) -> None:
+_prometheus: dict[str, Any] = {}
+PROMETHEUS_REFRESH = dt.timedelta(minutes=5)
+
+
+async def _history(state: State, acc: Accumulator, window: str, now: dt.datetime) -> Any:
+    """The workload's usage history: Prometheus when configured, else the histograms."""
+    url = state.settings.prometheus_url
+    if not url:
+        return state.histories.get(acc.key), "Histogram"
+    cached = _prometheus.get(acc.key.ref)
+    if cached is not None and now - cached[0] < PROMETHEUS_REFRESH:
+        return cached[1], "Prometheus"
+    from kopeck.rightsizing.prometheus import PrometheusHistorySource, pod_regex
+    from kopeck.rightsizing.quantity import parse_duration
+
+    if "source" not in _prometheus:
+        _prometheus["source"] = PrometheusHistorySource(url)
+    source = _prometheus["source"]
+    try:
+        hist = await asyncio.to_thread(
+            source.workload_history, acc.key.namespace, pod_regex(acc.key.kind, acc.key.name),
+            now=now, window=parse_duration(window),
+        )
+    except Exception as exc:  # Prometheus down: keep the histograms' answer
+        log.warning("Prometheus history for %s: %s", acc.key.ref, exc)
+        return state.histories.get(acc.key), "Histogram"
+    _prometheus[acc.key.ref] = (now, hist)
+    return hist, "Prometheus"
+
+
+async def proposals(state: State, now: dt.datetime) -> None:
     """Refresh rightsizing proposals of workloads whose policy asks for them."""
-    for akey, acc in state.accs.items():
+    for akey, acc in list(state.accs.items()):
         if acc.closed or acc.policy is None or acc.key.kind in (NAMESPACE_TOTAL_KIND, NODE_KIND):
             continue
         entry = state.policies.get(acc.policy)
-        hist = state.histories.get(acc.key)
-        if entry is None or hist is None or entry.named.spec.rightsizing.mode != "Propose":
+        if entry is None or entry.named.spec.rightsizing.mode != "Propose":
             continue
         spec = entry.named.spec
+        hist, source = await _history(state, acc, spec.rightsizing.history_window, now)
+        if hist is None or not hist.containers:
+            continue
         labels = next((p.workload.labels for p in state.pods.values()
                        if p.workload.key == acc.key), {})
         conds: list[dict[str, Any]] = acc.extra.setdefault("conditions", [])
@@ -178,6 +210,7 @@ def proposals(state: State, now: dt.datetime) -> None:
             hist, current, strategy, now, replicas=replicas,
             cpu_core_hour=rates.cpu_core_second * HOUR,
             memory_gib_hour=rates.memory_byte_second * HOUR * GIB,
+            source=source,
         )
         if result.proposal is None:
             continue
