@@ -86,6 +86,7 @@ class Probe:
         self._cycle = 0
         self._interval_start = dt.datetime.now(dt.UTC)
         self.cpu_seconds_sampling = 0.0
+        self._oldest_buffered: float | None = None
         raise_fd_limit()
 
     # -- one sampling cycle ----------------------------------------------------------
@@ -247,7 +248,18 @@ class Probe:
         """Copy buffer and pusher counters into the health metrics."""
         h = self.metrics.health
         h.reports_buffered = self.buffer.count()
-        oldest = self.buffer.oldest_created()
+        self._oldest_buffered = self.buffer.oldest_created()
+        self._tick_push_health()
+
+    def _tick_push_health(self) -> None:
+        """Between reports, ask SQLite only while the pusher has something to send: the
+        buffer changes through cut_report (which refreshes) and the pusher's acks only.
+        Saves two queries a second (~1 ms of CPU at 1,000 pods)."""
+        h = self.metrics.health
+        if self.pusher is not None and h.reports_buffered > 0:
+            h.reports_buffered = self.buffer.count()
+            self._oldest_buffered = self.buffer.oldest_created()
+        oldest = self._oldest_buffered
         h.push_lag_seconds = 0.0 if oldest is None else max(0.0, time.time() - oldest)
         h.reports_dropped = self.buffer.dropped + (self.pusher.stats.rejected if self.pusher else 0)
         if self.pusher is not None:
@@ -265,6 +277,7 @@ class Probe:
             push_thread.start()
         next_sample = self.clock()
         next_report = next_sample + self.cfg.report_interval_s
+        self.refresh_push_health()  # reports left from an earlier run count from the start
         try:
             while not stop.is_set():
                 due = self.clock() >= next_report - 1e-3
@@ -281,7 +294,7 @@ class Probe:
                         now + 0.5 * self.cfg.sample_interval_s,
                     )
                 else:
-                    self.refresh_push_health()
+                    self._tick_push_health()
                 next_sample += self.cfg.sample_interval_s
                 if next_sample < self.clock():  # fell behind: skip, do not burst
                     next_sample = self.clock() + self.cfg.sample_interval_s

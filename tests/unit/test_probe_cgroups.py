@@ -238,6 +238,81 @@ def test_garbage_counter_is_an_error(tree: FakeTree) -> None:
     assert reader.errors == 1
 
 
+def test_working_set_between_memory_stat_reads(tree: FakeTree) -> None:
+    """Light reads correct usage with the last memory.stat's inactive_file; a full read,
+    a move of usage past the slack, or the read count brings a fresh memory.stat."""
+    pod = systemd_pod("burstable")
+    tree.make(pod, usage=10_000, inactive=3_000)
+    reader = CgroupReader(
+        Hierarchies.detect(tree.base),
+        prefix="pfx",
+        memory_stat_slack_bytes=1_000,
+        memory_stat_every_reads=3,
+    )
+    ino = reader.inode(pod)
+    assert reader.read(pod, ino, memory_stat=False).memory_working_set_bytes == 7_000
+    assert reader.memory_stat_reads == 1  # the first read always has one
+    tree.make(pod, usage=10_500, inactive=1_000)  # rotation: usage moved less than the slack
+    assert reader.read(pod, ino, memory_stat=False).memory_working_set_bytes == 7_500
+    assert reader.read(pod, ino, memory_stat=False).memory_working_set_bytes == 7_500
+    assert reader.memory_stat_reads == 1
+    # every third read after the last one has it
+    assert reader.read(pod, ino, memory_stat=False).memory_working_set_bytes == 9_500
+    assert reader.memory_stat_reads == 2
+    tree.make(pod, usage=12_000, inactive=500)  # moved past the slack: read at once
+    assert reader.read(pod, ino, memory_stat=False).memory_working_set_bytes == 11_500
+    tree.make(pod, usage=12_100, inactive=100)
+    assert reader.read(pod, ino, memory_stat=True).memory_working_set_bytes == 12_000
+    assert reader.memory_stat_reads == 4
+
+
+def test_io_only_when_asked(tree: FakeTree) -> None:
+    pod = systemd_pod("burstable")
+    tree.make(pod, io=(700, 900))
+    reader = CgroupReader(Hierarchies.detect(tree.base), prefix="pfx")
+    s = reader.read(pod, 1, with_io=False)
+    assert (s.io_read_bytes, s.io_write_bytes) == (None, None)
+    s = reader.read(pod, 1)
+    assert (s.io_read_bytes, s.io_write_bytes) == (700, 900)
+
+
+def test_containers_listed_again_when_the_pod_directory_changes(tree: FakeTree) -> None:
+    pod = systemd_pod("burstable")
+    a, b = "ab" * 32, "cd" * 32
+    tree.make(pod)
+    tree.make(f"{pod}/cri-containerd-{a}.scope")
+    reader = CgroupReader(Hierarchies.detect(tree.base), prefix="pfx")
+    (p,) = reader.discover()
+    assert [c.container_id for c in p.containers] == [a]
+    (again,) = reader.discover()
+    walked = tree.base / pod if tree.pure_v2 else tree.hiers["cpuacct"] / pod
+    if walked.stat().st_nlink > 2:
+        # (on file systems whose directories count their subdirectories, as cgroupfs does)
+        assert again is p  # nothing changed: nothing parsed, the same object
+    tree.make(f"{pod}/cri-containerd-{b}.scope")  # one more sub-cgroup: the link count moves
+    (p,) = reader.discover()
+    assert sorted(c.container_id for c in p.containers) == [a, b]
+    # Replaced one for one, the count stays: the probe asks for a relist when a read of
+    # the old one fails (the kernel says ENODEV; the fake tree cannot).
+    tree.remove(f"{pod}/cri-containerd-{a}.scope")
+    tree.remove(f"{pod}/cri-containerd-{b}.scope")
+    tree.make(f"{pod}/cri-containerd-{'ef' * 32}.scope")
+    tree.make(f"{pod}/cri-containerd-{'0a' * 32}.scope")
+    fresh = reader.relist(p)
+    assert sorted(c.container_id for c in fresh.containers) == ["0a" * 32, "ef" * 32]
+    (p,) = reader.discover()
+    assert p is fresh
+
+
+def test_every_pod_is_listed_again_within_relist_every_looks(tree: FakeTree) -> None:
+    pod = systemd_pod("burstable")
+    tree.make(pod)
+    reader = CgroupReader(Hierarchies.detect(tree.base), prefix="pfx")
+    first = reader.discover()[0]
+    relisted = [reader.discover()[0] is not first for _ in range(cgroups.RELIST_EVERY)]
+    assert any(relisted)
+
+
 def test_parsers() -> None:
     assert cgroups.parse_io_stat("8:0 rbytes=1 wbytes=2 rios=3\n8:16 rbytes=10 wbytes=20\n") == (
         11,
@@ -355,3 +430,28 @@ def test_probe_restart_resumes_from_saved_counters(tmp_path: Path) -> None:
     assert got["11111111-2222-4333-a444-555555555555"] == pytest.approx(0.4)
     assert r2.seq == r1.seq + 1
     p2.buffer.close()
+
+
+def test_light_cycles_read_no_memory_stat_and_full_ones_do(
+    probe_env: tuple[FakeTree, Probe, FakeClock],
+) -> None:
+    tree, probe, clock = probe_env
+    pod = systemd_pod("burstable")
+    tree.make(pod, usage=50_000, inactive=10_000)
+    tree.make(f"{pod}/cri-containerd-{CID}.scope", usage=40_000, inactive=10_000, io=(5, 6))
+    probe.sample()
+    reads = probe.reader.memory_stat_reads
+    assert reads == 2
+    tree.make(pod, usage=50_000, inactive=2_000)  # file pages rotated, usage the same
+    clock.t += 1
+    probe.sample(full=False)
+    assert probe.reader.memory_stat_reads == reads  # one pod, no memory.stat, no container
+    assert probe.attributor.working_sets()[UID] == 40_000  # bounded: the rotation is missed
+    tree.make(f"{pod}/cri-containerd-{CID}.scope", usage=40_000, inactive=10_000, io=(15, 6))
+    clock.t += 1
+    probe.sample()  # a report cycle reads it: the working set is exact again
+    assert probe.attributor.working_sets()[UID] == 48_000
+    report = probe.cut_report()
+    assert report.pods[0].memory_working_set_bytes == 48_000
+    assert report.pods[0].memory_peak_bytes == 48_000
+    assert report.pods[0].containers[0].io_read_bytes == 10
