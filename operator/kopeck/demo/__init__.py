@@ -1,0 +1,126 @@
+"""`kopeck demo`: the whole product on this machine, with progress on screen.
+
+A real control plane on loopback, this machine as a Node whose pods run in real sandboxes,
+the operator and the node-probe as processes, example policies and workloads with known
+loads; then the moments a user cares about: Allocations filling with real figures, a
+Deployment refused for its budget, a rightsizing warning, an anomaly Event, a report.
+Everything it starts is stopped at the end (unless --keep), by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from kopeck.demo import scenario
+from kopeck.demo.stack import Stack, StackSettings
+
+
+class Screen:
+    """Numbered steps with elapsed time, so a long run shows where it is."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.n = 0
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        """Print a step's title, run it, print how long it took."""
+        self.n += 1
+        start = time.monotonic()
+        print(f"\n[{self.n}] {title}  (t={start - self.t0:.0f}s)", flush=True)
+        yield
+        print(f"    done in {time.monotonic() - start:.1f}s", flush=True)
+
+    def show(self, text: str) -> None:
+        """Print output indented under the current step."""
+        for line in text.rstrip().splitlines():
+            print(f"    {line}")
+        sys.stdout.flush()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `kopeck demo`."""
+    parser.add_argument("--dir", type=Path, help="working folder (default: a temporary one)")
+    parser.add_argument(
+        "--keep", action="store_true", help="leave everything running and say how to reach it"
+    )
+    parser.add_argument("--network", choices=["ebpf", "veth", "off"], default="ebpf",
+                        help="the probe's network reader")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; exit 0 when every moment was shown."""
+    screen = Screen()
+    directory: Path = args.dir or Path(tempfile.mkdtemp(prefix="kopeck-demo-"))
+    stack = Stack(directory, StackSettings(network=args.network), say=screen.show)
+    try:
+        with screen.step("start: control plane, node, operator, node-probe"):
+            stack.start(keep=args.keep)
+        show_moments(stack, screen)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"\nkopeck demo failed: {exc}", file=sys.stderr)
+        if not args.keep:
+            stack.stop()
+        return 1
+    if args.keep:
+        print(f"\nEverything keeps running. export KUBECONFIG={stack.kube.kubeconfig}")
+        print("Stop with Ctrl-C in this terminal.")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    with screen.step("stop everything"):
+        stack.stop()
+    print(f"\ndemo finished in {time.monotonic() - screen.t0:.0f}s; working folder {directory}")
+    return 0
+
+
+def show_moments(stack: Stack, screen: Screen) -> None:
+    """The scenario, step by step, printing what a user sees."""
+    with screen.step("apply the example CostPolicies and the demo's fast policy"):
+        for seen in scenario.apply_examples(stack):
+            screen.show(seen.stdout or seen.stderr)
+    with screen.step("workloads with known loads (stress-ng, iperf3) in payments and shop"):
+        scenario.start_workloads(stack)
+        scenario.start_network_client(stack)
+        screen.show(scenario.kubectl(stack, "get", "pods", "-A", "-o", "wide").stdout)
+    with screen.step("wait for Allocations to fill with real figures"):
+        took = stack.wait_for("Allocations with non-zero cost",
+                              lambda: scenario.costs_flowing(stack), timeout=90, every=2)
+        screen.show(f"first real figures after {took:.0f}s")
+        screen.show(scenario.kubectl(stack, "get", "alloc", "-A").stdout)
+    with screen.step("a load test over the payments budget is refused at admission"):
+        seen = scenario.over_budget(stack)
+        screen.show(f"$ {seen.command} (checkout-loadtest: 100 replicas x 8 CPU)")
+        screen.show(seen.stderr or seen.stdout)
+        if seen.returncode == 0:
+            raise RuntimeError("the over-budget Deployment was admitted")
+    with screen.step("rightsizing: the over-requested frontend gets a proposal and a warning"):
+        stack.wait_for("a rightsizing proposal for shop/frontend",
+                       lambda: scenario.proposal_ready(stack), timeout=90, every=2)
+        seen = scenario.reapply_frontend(stack)
+        screen.show(f"$ {seen.command}")
+        screen.show((seen.stderr + seen.stdout).strip())
+    with screen.step("anomaly: a runaway job makes the shop's spend rate jump"):
+        scenario.spike(stack)
+        for ev in scenario.wait_anomaly(stack):
+            screen.show(f"Event {ev['reason']} on {ev['involvedObject'].get('kind')}/"
+                        f"{ev['involvedObject'].get('name')}: {ev.get('message', '')}")
+    with screen.step("where the money went"):
+        screen.show(scenario.kubectl(stack, "get", "cpol").stdout)
+        screen.show(scenario.kubectl(stack, "get", "alloc", "-A").stdout)
+        if importlib.util.find_spec("kopeck.reports.cmd") is not None:
+            out = subprocess.run(
+                [sys.executable, "-m", "kopeck.cli", "report", "--kubeconfig",
+                 str(stack.kube.kubeconfig)], capture_output=True, text=True, check=False)
+            screen.show("$ kopeck report")
+            screen.show(out.stdout or out.stderr)
