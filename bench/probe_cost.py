@@ -106,15 +106,23 @@ def main() -> int:
             probe = Probe(cfg)
             probe.sample()  # first look (stat of every cgroup) kept out of the steady state
             stop = threading.Event()
-            timer = threading.Timer(args.seconds, stop.set)
+            open_files: list[int] = []
+
+            def finish() -> None:
+                open_files.append(probe.reader.open_files())  # before run() closes them
+                stop.set()
+
+            timer = threading.Timer(args.seconds, finish)
             cpu0, wall0, cycles0 = cpu_seconds(), time.monotonic(), probe.metrics.health.cycles
             samp0 = probe.cpu_seconds_sampling
+            stat0 = probe.reader.memory_stat_reads
             timer.start()
             probe.run(stop)
             cpu1, wall1 = cpu_seconds(), time.monotonic()
             cycles = probe.metrics.health.cycles - cycles0
             reports = probe.metrics.health.reports_built
             sampling = probe.cpu_seconds_sampling - samp0
+            stat_reads = probe.reader.memory_stat_reads - stat0
         cpu, wall = cpu1 - cpu0, wall1 - wall0
         result = {
             "pods": args.pods,
@@ -129,6 +137,8 @@ def main() -> int:
             "cpu_fraction_of_core": round(cpu / wall, 5),
             "cpu_ms_per_cycle": round(1000 * sampling / max(cycles, 1), 3),
             "cpu_ms_per_cycle_all_in": round(1000 * cpu / max(cycles, 1), 3),
+            "memory_stat_reads_per_cycle": round(stat_reads / max(cycles, 1), 1),
+            "open_files": open_files[0] if open_files else None,
             "kernel": platform.release(),
             "cgroups": "hybrid v1+v2" if (base / "unified").exists() else "v2",
             "python": platform.python_version(),

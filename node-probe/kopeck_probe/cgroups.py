@@ -2,8 +2,9 @@
 
 This module only does I/O and parsing: it finds pod cgroups under the configured parent
 (systemd or cgroupfs driver) and reads the kernel's cumulative counters. Turning counters
-into charges is attribution.py's job. Reads use raw os.open/os.read: with 1,000 pods at
-1 Hz every microsecond per file shows in the probe's own cost.
+into charges is attribution.py's job. Files stay open and are re-read with os.pread, and
+what is costly to read is read only when it can have changed: with 1,000 pods at 1 Hz
+every microsecond per file shows in the probe's own cost (bench/probe_cost.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import resource
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,16 +274,21 @@ def parse_cpu_max(text: str) -> float | None:
     return int(quota) / int(period)
 
 
-# memory.stat is the costliest file to read: 5-15 us against 1-2 us for a counter (1,000
-# pod and 1,000 container cgroups, kernel 6.18, v1 memory controller; it was 9 of the 44 ms
-# a sampling cycle took). Between two reads of it the working set is usage minus the
-# inactive_file of the last one. It is read again when usage has moved by more than
+# memory.stat is the costliest file to read: ~5 us alone and 9-15 us within a sampling
+# cycle, against 1-3 us for a counter (1,000 pod + 1,000 container cgroups, kernel 6.18,
+# v1 memory controller, measured). Between two reads of it the working set is usage minus
+# the inactive_file of the last one. It is read again when usage has moved by more than
 # MEMORY_STAT_SLACK_BYTES, or 1/64 of usage if larger, since then; after
-# MEMORY_STAT_EVERY_READS reads of the cgroup without it; and when the caller asks.
-# What the working set can miss meanwhile is inactive file pages that moved without
+# MEMORY_STAT_EVERY_READS reads of the cgroup without it; and when the caller asks (the
+# probe does for pods on every report cycle, so reported working sets are exact; their
+# containers, read once a report, have it at least every 5th report). Meanwhile the
+# working set is off by at most that slack plus the inactive file pages that moved without
 # changing usage (rotation between the active and inactive lists).
 MEMORY_STAT_SLACK_BYTES = 1 << 20
 MEMORY_STAT_EVERY_READS = 5
+# Descriptors left for everything else (SQLite, sockets, BPF maps) when cgroup files are
+# kept open: past the budget, files are opened for each read instead (slower, still right).
+FD_RESERVE = 1024
 # Pod directories are listed at least every this many looks with containers (see discover).
 RELIST_EVERY = 12
 
@@ -337,6 +344,8 @@ class CgroupReader:
         # costs more than reading it. Keyed by cgroup relpath, closed when it goes away.
         self._files: dict[str, _Files] = {}
         self._known: dict[str, PodCgroup | None] = {}
+        self._kept = 0  # descriptors kept open
+        self._fd_budget = -1
         self._with_containers: dict[str, PodCgroup] = {}
         h = self.hier
         u = str(h.unified) if h.unified else None
@@ -409,18 +418,33 @@ class CgroupReader:
                 containers.append(ContainerCgroup(cid, f"{pod.relpath}/{name}"))
         return PodCgroup(pod.uid, pod.qos, pod.relpath, tuple(containers))
 
+    def _may_keep(self) -> bool:
+        """Whether one more descriptor may stay open (the soft limit less FD_RESERVE, read
+        at the first open: the probe lifts the limit after making its reader)."""
+        if self._fd_budget < 0:
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            self._fd_budget = max(0, soft - FD_RESERVE)
+        return self._kept < self._fd_budget
+
     def _dir_fd(self, f: _Files) -> int:
+        """The cgroup directory's kept descriptor, or -1 past the descriptor budget."""
         fd = f.fds[_DIR]
-        if fd < 0:
+        if fd < 0 and self._may_keep():
             path = f.paths[_DIR]
             assert path is not None
             fd = f.fds[_DIR] = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._kept += 1
         return fd
 
     def _nlink(self, f: _Files) -> int:
         """Link count of the cgroup's directory (-1 if it cannot be had)."""
         try:
-            return os.fstat(self._dir_fd(f)).st_nlink
+            fd = self._dir_fd(f)
+            if fd >= 0:
+                return os.fstat(fd).st_nlink
+            path = f.paths[_DIR]
+            assert path is not None
+            return os.stat(path).st_nlink
         except OSError:
             return -1
 
@@ -445,30 +469,36 @@ class CgroupReader:
             if exc.errno in _VANISHED:
                 raise CgroupVanished(path) from exc
             raise
-        f.fds[slot] = fd
+        keep = self._may_keep()
+        if keep:
+            f.fds[slot] = fd
+            self._kept += 1
         try:
             return os.pread(fd, size, 0)
         except OSError as exc:
             if exc.errno in _VANISHED:
                 raise CgroupVanished(path) from exc
             raise
+        finally:
+            if not keep:
+                os.close(fd)
 
-    @staticmethod
-    def _close(f: _Files, slot: int) -> None:
+    def _close(self, f: _Files, slot: int) -> None:
         if f.fds[slot] >= 0:
             os.close(f.fds[slot])
             f.fds[slot] = -1
+            self._kept -= 1
 
     def release(self, live: set[str] | None = None) -> None:
         """Close the files of cgroups not in live (all of them when live is None)."""
         for relpath in [r for r in self._files if live is None or r not in live]:
-            for fd in self._files.pop(relpath).fds:
-                if fd >= 0:
-                    os.close(fd)
+            f = self._files.pop(relpath)
+            for slot in range(len(f.fds)):
+                self._close(f, slot)
 
     def open_files(self) -> int:
         """Files kept open (for /metrics and the file-descriptor budget)."""
-        return sum(fd >= 0 for f in self._files.values() for fd in f.fds)
+        return self._kept
 
     def inode(self, relpath: str) -> int:
         """The v2 cgroup id (directory inode) that bpf_skb_cgroup_id reports for it."""
@@ -616,7 +646,8 @@ class CgroupReader:
         if not names:  # a directory removed (and perhaps re-made) lists empty: look again
             self._close(f, _DIR)
             try:
-                names = os.listdir(self._dir_fd(f))
+                fd = self._dir_fd(f)
+                names = os.listdir(fd if fd >= 0 else f.paths[_DIR] or "")
             except OSError as exc:
                 if exc.errno in _VANISHED:
                     return []

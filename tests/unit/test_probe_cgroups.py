@@ -313,6 +313,32 @@ def test_every_pod_is_listed_again_within_relist_every_looks(tree: FakeTree) -> 
     assert any(relisted)
 
 
+def test_past_the_descriptor_budget_files_are_opened_per_read(
+    tree: FakeTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pod = systemd_pod("burstable")
+    tree.make(pod, cpu_ns=5000, usage=10_000, inactive=3_000, mem_limit=1 << 30)
+    tree.make(f"{pod}/cri-containerd-{CID}.scope")
+
+    def check(reader: CgroupReader) -> None:
+        (p,) = reader.discover()
+        assert [c.container_id for c in p.containers] == [CID]
+        s = reader.read(pod, 1)
+        assert (s.cpu_usage_ns, s.memory_working_set_bytes) == (5000, 7_000)
+        assert reader.limits(pod).memory_limit_bytes == 1 << 30
+
+    kept = CgroupReader(Hierarchies.detect(tree.base), prefix="pfx")
+    check(kept)
+    assert kept.open_files() > 0
+    kept.release()
+    assert kept.open_files() == 0
+    monkeypatch.setattr(cgroups, "FD_RESERVE", 1 << 40)  # no descriptor may stay open
+    none = CgroupReader(Hierarchies.detect(tree.base), prefix="pfx")
+    check(none)
+    check(none)
+    assert none.open_files() == 0
+
+
 def test_parsers() -> None:
     assert cgroups.parse_io_stat("8:0 rbytes=1 wbytes=2 rios=3\n8:16 rbytes=10 wbytes=20\n") == (
         11,
