@@ -105,6 +105,10 @@ def test_over_budget_deployment_refused_with_message(
         status = json.loads(cluster.kubectl("get", "cpol", namespace, "-o", "json").stdout)["status"]
         assert [r["key"] for r in status["reservations"]] == [f"{namespace}/Deployment/small"]
         assert abs(Decimal(status["reserved"]) - per * 2) < Decimal("0.01")
+        # deleting the workload releases its reservation
+        cluster.kubectl("delete", "deployment", "small", "-n", namespace)
+        status = json.loads(cluster.kubectl("get", "cpol", namespace, "-o", "json").stdout)
+        assert not status["status"].get("reservations")
     finally:
         delete_policy(cluster, namespace)
 

@@ -171,3 +171,17 @@ async def main(settings: Settings) -> None:
         for task in tasks:
             task.cancel()
         await kube.close()
+
+
+def _main() -> int:
+    """`python -m kopeck.operator.cmd`: the same as `kopeck operator`, without the router
+    (tests and the demo start the operator this way, independent of other sub-commands)."""
+    parser = argparse.ArgumentParser(prog="kopeck operator", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main())

@@ -68,7 +68,7 @@ class OperatorProcess:
     def argv(self) -> list[str]:
         """The command line (what `make demo` runs, with these ports)."""
         return [
-            sys.executable, "-m", "kopeck.cli", "operator",
+            sys.executable, "-m", "kopeck.operator.cmd",
             "--kubeconfig", str(self.kubeconfig),
             "--namespace", self.namespace,
             "--bind", "127.0.0.1",

@@ -31,7 +31,7 @@ import aiohttp.web
 import kopf
 
 from kopeck.accounting.budget import PodShape, Projection, project_change, run_rate
-from kopeck.accounting.ledger import WorkloadKey, allocation_name
+from kopeck.accounting.ledger import WorkloadKey
 from kopeck.accounting.matching import NamedPolicy
 from kopeck.accounting.periods import period_at
 from kopeck.accounting.prices import GIB, HOUR, NodeFacts, Rates, rates_for_node
@@ -471,7 +471,3 @@ async def manage_configuration(state: State, url: str, ca_bundle: str, wake: asy
             await asyncio.sleep(1)
             wake.set()
 
-
-def allocation_for(workload: WorkloadKey, period: str) -> str:
-    """Name of a workload's Allocation (for messages)."""
-    return allocation_name(workload, period)
