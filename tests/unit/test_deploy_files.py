@@ -1,0 +1,140 @@
+"""deploy/ files that must follow the code: CRD copies, kopf's peering CRD, the dashboard's
+metric names, and the settings the manifests pass to the operator and the probe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client import CollectorRegistry
+
+from kopeck.api.crdgen import all_crds, render
+from kopeck.operator import metrics as operator_metrics
+from kopeck.operator.leader import PEERING_CRD
+from kopeck.operator.settings import Settings
+from kopeck_probe import cmd as probe_cmd
+from kopeck_probe.metrics import ProbeMetrics, registry_with
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = REPO / "deploy" / "base"
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "gauge": ("",),
+}
+
+
+def _docs(path: Path) -> Iterator[dict[str, Any]]:
+    yield from (d for d in yaml.safe_load_all(path.read_text()) if d)
+
+
+def _container(kind: str, name: str) -> dict[str, Any]:
+    for path in BASE.glob("*.yaml"):
+        for doc in _docs(path):
+            if doc["kind"] == kind and doc["metadata"]["name"] == name:
+                return dict(doc["spec"]["template"]["spec"]["containers"][0])
+    raise AssertionError(f"no {kind} {name} in deploy/base")
+
+
+def test_crd_copies_match_the_models() -> None:
+    """deploy/base/crds/ is `kopeck crds --dir deploy/base/crds`: stale copies fail here."""
+    for name, crd in all_crds().items():
+        copy = BASE / "crds" / name
+        assert copy.exists(), f"{copy} missing: run `kopeck crds --dir deploy/base/crds`"
+        assert copy.read_text() == render(crd), (
+            f"{copy} is stale: run `kopeck crds --dir deploy/base/crds` and commit it"
+        )
+        assert copy.read_text() == (REPO / "crds" / name).read_text()
+
+
+def test_peering_crd_is_the_one_the_operator_would_create() -> None:
+    (doc,) = _docs(BASE / "crds" / "clusterkopfpeering.yaml")
+    assert doc == PEERING_CRD
+
+
+def test_kustomization_lists_every_file() -> None:
+    kust = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    listed = {BASE / r for r in kust["resources"]}
+    present = {p for p in BASE.rglob("*.yaml") if p.name != "kustomization.yaml"}
+    assert listed == present
+
+
+def _exposed_names() -> set[str]:
+    regs: list[CollectorRegistry] = [operator_metrics.REGISTRY, registry_with(ProbeMetrics())]
+    names: set[str] = set()
+    for reg in regs:
+        for family in reg.collect():
+            for suffix in SUFFIXES.get(family.type, ("",)):
+                names.add(family.name + suffix)
+    return names
+
+
+def test_dashboard_queries_only_real_metrics() -> None:
+    dash = json.loads((BASE / "dashboards" / "kopeck.json").read_text())
+    exposed = _exposed_names()
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"]["query"] for v in dash["templating"]["list"] if v["type"] == "query"]
+    assert len(exprs) >= 15
+    used: set[str] = set()
+    for expr in exprs:
+        used |= set(re.findall(r"\bkopeck_[a-z_]+", expr))
+    unknown = used - exposed
+    assert not unknown, f"the dashboard queries metrics nobody exposes: {sorted(unknown)}"
+    # every family of both components is on some panel, bar the per-container detail
+    families = {re.sub(r"_(total|bucket|count|sum|created)$", "", n) for n in exposed}
+    shown = {re.sub(r"_(total|bucket|count|sum|created)$", "", n) for n in used}
+    missing = {f for f in families - shown if not f.startswith("kopeck_container_")}
+    assert not missing - {
+        "kopeck_pod_memory_byte_seconds",
+        "kopeck_probe_cgroup_reads",
+        "kopeck_probe_reports",
+    }, sorted(missing)
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_operator_env_names_real_settings() -> None:
+    """Every KOPECK_* the Deployment sets is a flag of `kopeck operator`."""
+    known = {"KOPECK_" + f.upper() for f in Settings.__dataclass_fields__}
+    env = {e["name"] for e in _container("Deployment", "kopeck-operator")["env"]}
+    assert {e for e in env if e.startswith("KOPECK_")} <= known
+    assert {"KOPECK_PEERING", "KOPECK_CERT_DIR", "KOPECK_ADVERTISE_HOST"} <= env
+
+
+def test_operator_ports_match_settings() -> None:
+    ports = {p["name"]: p["containerPort"]
+             for p in _container("Deployment", "kopeck-operator")["ports"]}  # fmt: skip
+    s = Settings()
+    assert ports == {"ingest": s.ingest_port, "webhook": s.webhook_port,
+                     "http-metrics": s.health_port}  # fmt: skip
+
+
+def test_probe_args_parse() -> None:
+    """The DaemonSet's arguments are valid `kopeck probe` flags and a valid ProbeConfig."""
+    c = _container("DaemonSet", "kopeck-node-probe")
+    assert c["args"][0] == "probe"
+    parser = argparse.ArgumentParser()
+    probe_cmd.add_arguments(parser)
+    args = parser.parse_args(c["args"][1:])
+    args.node_name = "node-a"
+    cfg = probe_cmd.config_from_args(args)
+    assert cfg.cgroup_base == Path("/host/sys/fs/cgroup")
+    assert str(cfg.wal_path).startswith("/var/lib/kopeck/")
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert {"/host/sys/fs/cgroup", "/var/lib/kopeck"} <= mounts
+    assert cfg.ca_file is not None and str(cfg.ca_file.parent) in mounts
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert env["KOPECK_INGEST_URL"]["value"].endswith(":8443/v1/reports")
+
+
+def test_images_carry_the_package_version() -> None:
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    for kind, name in (("Deployment", "kopeck-operator"), ("DaemonSet", "kopeck-node-probe")):
+        assert _container(kind, name)["image"] == f"kopeck:{version}"
