@@ -288,9 +288,16 @@ class PeriodSpend:
 
     period: str
     start: dt.datetime
+    end: dt.datetime
     key: str
     currency: str
     total: Decimal
+
+    @property
+    def kind(self) -> str:
+        """Daily, Weekly or Monthly, from the period's length."""
+        days = (self.end - self.start).days
+        return "Daily" if days <= 1 else "Weekly" if days <= 7 else "Monthly"
 
 
 def spend_over_time(data: Dataset, namespace: str | None = None) -> list[PeriodSpend]:
@@ -300,15 +307,15 @@ def spend_over_time(data: Dataset, namespace: str | None = None) -> list[PeriodS
         return []
     sel = Selection(tuple(records), tuple(periods_of(records)), namespace)
     sums: dict[tuple[str, str, str], Decimal] = {}
-    starts: dict[str, dt.datetime] = {}
+    spans: dict[str, tuple[dt.datetime, dt.datetime]] = {}
     for rec in contributing(sel, GroupBy("namespace")):
         key = IDLE_KEY if rec.record_kind == "node" else rec.namespace
         sums[(rec.period, key, rec.currency)] = (
             sums.get((rec.period, key, rec.currency), ZERO) + rec.total
         )
-        starts[rec.period] = rec.start
+        spans[rec.period] = (rec.start, rec.end)
     return sorted(
-        (PeriodSpend(p, starts[p], k, c, v) for (p, k, c), v in sums.items()),
+        (PeriodSpend(p, *spans[p], k, c, v) for (p, k, c), v in sums.items()),
         key=lambda s: (s.start, s.period, s.key == IDLE_KEY, s.key),
     )
 
@@ -327,8 +334,6 @@ class Burn:
     forecast: Decimal
     budget: Decimal
     thresholds: tuple[int, ...]
-    ledger: tuple[tuple[str, Decimal], ...]
-    """Spent in each period on record for this policy (workload records), oldest first."""
 
 
 def budget_burn(data: Dataset, now: dt.datetime | None = None) -> list[Burn]:
@@ -345,15 +350,13 @@ def budget_burn(data: Dataset, now: dt.datetime | None = None) -> list[Burn]:
         mine = [r for r in data.allocations if r.policy == pol.name and r.record_kind == "workload"]
         reports = [r.last_report for r in mine if r.period == pol.period and r.last_report]
         as_of = min(max(max(reports) if reports else now, pol.start), pol.end)
-        per_period: dict[str, Decimal] = {}
-        for r in sorted(mine, key=lambda r: r.start):
-            per_period[r.period] = per_period.get(r.period, ZERO) + r.total
-        spent = pol.spent if pol.spent is not None else per_period.get(pol.period, ZERO)
+        spent = pol.spent if pol.spent is not None else sum(
+            (r.total for r in mine if r.period == pol.period), ZERO)
         out.append(Burn(
             policy=pol.name, currency=pol.currency, period=pol.period, start=pol.start,
             end=pol.end, as_of=as_of, spent=spent,
             forecast=pol.forecast if pol.forecast is not None else spent,
-            budget=pol.budget, thresholds=pol.thresholds, ledger=tuple(per_period.items()),
+            budget=pol.budget, thresholds=pol.thresholds,
         ))
     return out
 

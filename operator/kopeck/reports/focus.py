@@ -147,7 +147,8 @@ def focus_rows(
             if kind == "node":
                 description = f"Unallocated capacity of node {rec.workload}"
             else:
-                description = f"{_WHAT[comp].capitalize()} of {rec.kind} {rec.namespace}/{rec.workload}"
+                what = _WHAT[comp]
+                description = f"{what[0].upper()}{what[1:]} of {rec.kind} {rec.namespace}/{rec.workload}"
             out.append({
                 "BilledCost": cost, "EffectiveCost": cost, "ListCost": cost,
                 "ContractedCost": cost, "BillingCurrency": rec.currency,

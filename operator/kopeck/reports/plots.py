@@ -72,35 +72,49 @@ def main_currency(points: Sequence[PeriodSpend]) -> str | None:
     return max(sorted(by), key=lambda c: by[c]) if by else None
 
 
+def legend_label(key: str) -> str:
+    """matplotlib hides labels starting with "_", so __idle__ gets a readable name."""
+    return "idle (unallocated nodes)" if key == IDLE_KEY else key
+
+
 def spend_figure(points: Sequence[PeriodSpend]) -> Figure:
-    """Stacked bars: one bar per period, one segment per namespace."""
+    """Stacked bars: one bar per period, one segment per namespace; one panel per period
+    kind (Monthly, Weekly, Daily), since a day's bar next to a month's says little."""
     currency = main_currency(points)
     points = [p for p in points if p.currency == currency]
-    periods = list(dict.fromkeys(p.period for p in points))
+    kinds = [k for k in ("Monthly", "Weekly", "Daily") if any(p.kind == k for p in points)]
     keys = sorted({p.key for p in points}, key=lambda k: (k == IDLE_KEY, k))
     colors = key_colors(keys)
-    value = {(p.period, p.key): float(p.total) for p in points}
-    fig = Figure(figsize=(max(6.0, 1.1 * len(periods) + 3.5), 4.2), dpi=100)
-    ax = fig.add_subplot()
-    bottom = [0.0] * len(periods)
-    for key in keys:
-        heights = [value.get((period, key), 0.0) for period in periods]
-        ax.bar(periods, heights, bottom=bottom, color=colors[key], label=key,
-               edgecolor="white", linewidth=0.6)
-        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
-    for x, top in enumerate(bottom):
-        ax.annotate(f"{top:,.2f}" if top >= 10 else f"{top:.4g}", (x, top),
-                    ha="center", va="bottom", fontsize=8, xytext=(0, 2),
-                    textcoords="offset points")
-    ax.set_title("Spend by namespace per period")
-    ax.set_ylabel(f"cost ({currency})")
-    ax.set_xlabel("period")
-    ax.margins(y=0.12)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_axisbelow(True)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    widest = max(len({p.period for p in points if p.kind == k}) for k in kinds)
+    fig = Figure(figsize=(max(6.0, 1.1 * widest + 3.5), 0.4 + 3.8 * len(kinds)), dpi=100)
+    for n, kind in enumerate(kinds):
+        ax = fig.add_subplot(len(kinds), 1, n + 1)
+        mine = [p for p in points if p.kind == kind]
+        periods = list(dict.fromkeys(p.period for p in mine))
+        value = {(p.period, p.key): float(p.total) for p in mine}
+        bottom = [0.0] * len(periods)
+        for key in keys:
+            heights = [value.get((period, key), 0.0) for period in periods]
+            if not any(heights):
+                continue
+            ax.bar(periods, heights, bottom=bottom, color=colors[key], label=legend_label(key),
+                   edgecolor="white", linewidth=0.6)
+            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+        for x, top in enumerate(bottom):
+            ax.annotate(f"{top:,.2f}", (x, top), ha="center", va="bottom", fontsize=8,
+                        xytext=(0, 2), textcoords="offset points")
+        ax.set_title(f"Spend by namespace, {kind.lower()} periods")
+        ax.set_ylabel(f"cost ({currency})")
+        ax.margins(y=0.12)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def _m(value: Decimal) -> str:
+    return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.4f}"
 
 
 def _days(t: dt.datetime) -> float:
@@ -117,18 +131,18 @@ def burn_figure(burns: Sequence[Burn]) -> Figure:
     for i, b in enumerate(burns):
         ax = fig.add_subplot(rows, cols, i + 1)
         start, as_of, end = (_days(t) for t in (b.start, b.as_of, b.end))
-        ax.axhline(float(b.budget), color=BUDGET_COLOR, linewidth=2, label=f"budget {b.budget}")
+        ax.axhline(float(b.budget), color=BUDGET_COLOR, linewidth=2, label=f"budget {_m(b.budget)}")
         for t in b.thresholds:
             if t < 100:
                 ax.axhline(float(b.budget) * t / 100, color=BUDGET_COLOR, linewidth=0.8,
                            linestyle=":", alpha=0.6)
-                ax.annotate(f"{t}%", (start, float(b.budget) * t / 100), fontsize=7,
-                            color=BUDGET_COLOR, va="bottom")
+                ax.annotate(f"{t}%", (end, float(b.budget) * t / 100), fontsize=7,
+                            color=BUDGET_COLOR, va="bottom", ha="right")
         ax.plot([start, as_of], [0.0, float(b.spent)], color=SPENT_COLOR, linewidth=2.5,
-                label=f"spent {b.spent}")
+                label=f"spent {_m(b.spent)}")
         ax.fill_between([start, as_of], [0.0, float(b.spent)], color=SPENT_COLOR, alpha=0.15)
         ax.plot([as_of, end], [float(b.spent), float(b.forecast)], color=FORECAST_COLOR,
-                linewidth=2, linestyle="--", label=f"forecast {b.forecast}")
+                linewidth=2, linestyle="--", label=f"forecast {_m(b.forecast)}")
         ax.plot([as_of], [float(b.spent)], "o", color=SPENT_COLOR)
         pct = float(b.spent / b.budget * 100) if b.budget else 0.0
         ax.set_title(f"{b.policy}: {b.period}, {pct:.0f}% of budget spent", fontsize=10)
