@@ -9,7 +9,8 @@ Field choices, where FOCUS leaves them to the provider:
   rate card and knows no discounts or commitments.
 - ConsumedQuantity is what was used (core-hours, GiB-hours, GiB); PricingQuantity is
   max(requested, used) over the window, a lower bound of what was charged, since kopeck
-  charges max(request, usage) per interval. Idle rows have neither.
+  charges max(request, usage) per interval. Idle rows consume nothing measurable; they
+  are priced per hour of the period (PricingUnit Hours).
 - BillingPeriod is the UTC calendar month that holds the Allocation's period start;
   ChargePeriodEnd of an open period is the newest report folded into it.
 - SubAccountId is the namespace; ResourceId is `<account>/<namespace>/<kind>/<name>`.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from kopeck.reports.aggregate import GIB, HOUR_SECONDS, period_as_of
+from kopeck.reports.aggregate import GIB, HOUR_SECONDS, observed_hours, period_as_of
 from kopeck.reports.csvout import write_csv
 from kopeck.reports.records import AllocationRecord, Dataset
 
@@ -89,7 +90,7 @@ def _month(t: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
 
 
 def quantities(rec: AllocationRecord, component: str) -> tuple[Decimal | None, Decimal | None]:
-    """(ConsumedQuantity, PricingQuantity) of one component, in _UNIT; None for idle."""
+    """(ConsumedQuantity, PricingQuantity) of one component in _UNIT; None for idle."""
     if component == "cpu":
         used = rec.cpu_core_seconds / HOUR_SECONDS
         return _q(used), _q(max(used, rec.requested_cpu_core_seconds / HOUR_SECONDS))
@@ -143,6 +144,9 @@ def focus_rows(
             consumed, pricing = quantities(rec, comp)
             if cost == 0 and not consumed:
                 continue
+            unit = _UNIT.get(comp)
+            if comp == "idle":  # unallocated node time: priced per hour of the period
+                pricing, unit = _q(observed_hours(rec, as_of[rec.period])), "Hours"
             category, subcategory = _CATEGORY[comp]
             if kind == "node":
                 description = f"Unallocated capacity of node {rec.workload}"
@@ -158,8 +162,8 @@ def focus_rows(
                 "ChargeCategory": "Usage", "ChargeClass": None,
                 "ChargeDescription": f"{description}, period {rec.period}",
                 "ChargeFrequency": "Usage-Based",
-                "ConsumedQuantity": consumed, "ConsumedUnit": _UNIT.get(comp) if consumed is not None else None,
-                "PricingQuantity": pricing, "PricingUnit": _UNIT.get(comp) if pricing is not None else None,
+                "ConsumedQuantity": consumed, "ConsumedUnit": unit if consumed is not None else None,
+                "PricingQuantity": pricing, "PricingUnit": unit,
                 "PricingCategory": "Standard",
                 "ProviderName": ctx.provider, "PublisherName": ctx.publisher,
                 "InvoiceIssuerName": ctx.invoice_issuer, "RegionId": None, "RegionName": None,
