@@ -171,6 +171,10 @@ def run(kubeconfig: Path, rounds: int, levels: list[int], workdir: Path) -> dict
                         point[mode]["apiserver_webhook_call_p99_ms"] = quantile_ms(api0, api1, 0.99)
                         point[mode]["operator_handler_p50_ms"] = quantile_ms(op0, op1, 0.5)
                         point[mode]["operator_handler_p99_ms"] = quantile_ms(op0, op1, 0.99)
+                        tls = {line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+                               for line in asyncio.run(scrape(creds, op_url)).splitlines()
+                               if line.startswith("kopeck_webhook_tls_handshakes{")}
+                        point[mode]["tls_handshakes_so_far"] = tls
                     print(f"c={c} {mode}: {point[mode]}", file=sys.stderr)
                 w = [point["with"], point["with2"]]
                 wo = [point["without"], point["without2"]]

@@ -147,9 +147,10 @@ async def main(settings: Settings) -> None:
         from kopeck.operator.webhook import PolicyRoutingWebhookServer, manage_configuration
 
         webhook.register()
+        state.webhook_ssl = cert.server_context()
         ks.admission.server = PolicyRoutingWebhookServer(
             addr=settings.bind, port=settings.webhook_port, host=host,
-            context=cert.server_context(), certfile=str(cert.cert_file),
+            context=state.webhook_ssl, certfile=str(cert.cert_file),
             pkeyfile=str(cert.key_file), cafile=str(cert.ca_file),
         )
         ks.admission.managed = None  # we manage it: one webhook per policy

@@ -39,6 +39,10 @@ FORECAST = Gauge("kopeck_policy_forecast", "Forecast spend at period end",
 BUDGET = Gauge("kopeck_policy_budget", "Budget amount", ["policy", "currency"],
                registry=REGISTRY)
 ACTIVE = Gauge("kopeck_operator_active", "1 when this replica leads", registry=REGISTRY)
+TLS_HANDSHAKES = Gauge(
+    "kopeck_webhook_tls_handshakes", "TLS handshakes the webhook server accepted (by kind)",
+    ["kind"], registry=REGISTRY,
+)
 
 
 async def serve_health(host: str, port: int, state: Any) -> web.AppRunner:
@@ -51,6 +55,11 @@ async def serve_health(host: str, port: int, state: Any) -> web.AppRunner:
 
     async def metrics(_: web.Request) -> web.Response:
         ACTIVE.set(1 if state.active else 0)
+        ctx = getattr(state, "webhook_ssl", None)
+        if ctx is not None:  # new connections vs resumed sessions, to explain tail latency
+            stats = ctx.session_stats()
+            TLS_HANDSHAKES.labels("accepted").set(stats.get("accept_good", 0))
+            TLS_HANDSHAKES.labels("resumed").set(stats.get("hits", 0))
         return web.Response(body=generate_latest(REGISTRY),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 

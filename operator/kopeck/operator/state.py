@@ -85,6 +85,8 @@ class State:
     """Policy -> nodes already announced as silent."""
     counters: Counter[str] = field(default_factory=Counter)
     anomaly: Any = None
+    webhook_ssl: Any = None
+    """The webhook server's SSL context (for handshake counts in /metrics)."""
     flush_soon: Any = None
     """Wakes the checkpointer (set at start) for changes made outside ingest."""
     ready: bool = False
