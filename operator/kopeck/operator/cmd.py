@@ -63,7 +63,7 @@ async def main(settings: Settings) -> None:
     from kopeck.operator.audit import status_loop, sweep_loop
     from kopeck.operator.ingest import Ingest, announce
     from kopeck.operator.kube import Credentials, Kube
-    from kopeck.operator.leader import ensure_peering, follow
+    from kopeck.operator.leader import ensure_peering, follow, label_own_pod
     from kopeck.operator.metrics import serve_health
     from kopeck.operator.state import State
     from kopeck.operator.tls import ensure_serving_cert
@@ -122,6 +122,9 @@ async def main(settings: Settings) -> None:
             await prime(state)
             log.info("restored %d allocations; caches primed", count)
         state.active = active
+        if settings.pod_name:
+            await label_own_pod(kube, settings.pod_namespace or settings.namespace,
+                                settings.pod_name, active)
         kick()
 
     if settings.peering:
@@ -132,6 +135,9 @@ async def main(settings: Settings) -> None:
     else:
         log.info("restored %d allocations", await restore(state))
         await prime(state)
+        if settings.pod_name:
+            await label_own_pod(kube, settings.pod_namespace or settings.namespace,
+                                settings.pod_name, True)
     tasks.append(asyncio.create_task(checkpointer.run()))
     tasks.append(asyncio.create_task(status_loop(state, status_wake)))
     tasks.append(asyncio.create_task(

@@ -101,5 +101,25 @@ async def follow(
         if leading != active:
             active = leading
             log.info("this replica is now %s", "ACTIVE" if leading else "on standby")
-            await on_change(leading)
+            try:
+                await on_change(leading)
+            except Exception:  # e.g. the restore failed: try the change again next poll
+                log.exception("taking the %s role failed", "active" if leading else "standby")
+                active = None
         await asyncio.sleep(interval)
+
+
+LEADER_LABEL = "cost.kopeck.io/leader"
+
+
+async def label_own_pod(kube: Kube, namespace: str, pod: str, leading: bool) -> None:
+    """Mark this replica's Pod as leader (or not): Services select leader=true, so probes
+    and the apiserver reach the replica that holds the accumulators."""
+    try:
+        await kube.merge_patch(
+            f"/api/v1/namespaces/{namespace}/pods/{pod}",
+            {"metadata": {"labels": {LEADER_LABEL: "true" if leading else "false"}}},
+        )
+    except (ApiError, OSError) as exc:
+        log.warning("cannot label pod %s/%s as %s: %s", namespace, pod,
+                    "leader" if leading else "standby", exc)

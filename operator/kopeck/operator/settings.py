@@ -56,6 +56,11 @@ class Settings:
     """Peering priority; default a random one so two replicas never tie."""
     peering_lifetime: int = 15
     """Seconds a silent peer is considered alive (failover time after a crash)."""
+    pod_name: str | None = None
+    """This replica's Pod (downward API, env KOPECK_POD_NAME): the leader labels its Pod
+    cost.kopeck.io/leader=true so that the ingest and webhook Services route to it only."""
+    pod_namespace: str | None = None
+    """The namespace of pod_name (env KOPECK_POD_NAMESPACE); defaults to --namespace."""
     prometheus_url: str | None = None
     """When set, rightsizing history comes from Prometheus instead of the histograms."""
     verbose: bool = False
