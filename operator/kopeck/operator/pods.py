@@ -84,13 +84,26 @@ def purge_tombstones(state: State) -> int:
     return len(gone)
 
 
+_missing: dict[tuple[str, str], float] = {}
+MISSING_SECONDS = 60.0
+
+
 async def fetch_pod(state: State, namespace: str, name: str) -> PodInfo | None:
-    """Look up a pod the watch has not delivered yet (a report may be faster)."""
+    """Look up a pod the watch has not delivered yet (a report may be faster); a pod that
+    is not there is not asked for again for a minute (reports of it keep coming)."""
+    key = (namespace, name)
+    if _missing.get(key, 0.0) > time.monotonic():
+        return None
     try:
         body = await state.kube.get_or_none(resource_path("v1", "pods", namespace, name))
     except ApiError:
         return None
-    return await register_pod(state, body) if body else None
+    if body is None:
+        if len(_missing) > 100_000:
+            _missing.clear()
+        _missing[key] = time.monotonic() + MISSING_SECONDS
+        return None
+    return await register_pod(state, body)
 
 
 @kopf.on.event("", "v1", "pods")
