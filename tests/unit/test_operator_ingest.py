@@ -1,0 +1,141 @@
+"""The ingest endpoint without a cluster: auth outcomes, bad bodies, de-dup, ack after save."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from decimal import Decimal
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from kopeck.accounting.budget import PodShape
+from kopeck.accounting.ledger import WorkloadKey
+from kopeck.operator.allocations import Checkpointer
+from kopeck.operator.costpolicies import remember
+from kopeck.operator.ingest import Ingest
+from kopeck.operator.kube import ApiError, Credentials, Kube
+from kopeck.operator.settings import Settings
+from kopeck.operator.state import PodInfo, State
+from kopeck.operator.testing import pod_usage, policy_manifest, report
+from kopeck.operator.workloads import OwnerResolver, Workload
+
+PROBE = "system:serviceaccount:ops:probe"
+USERS = {"good": PROBE, "other": "system:serviceaccount:shop:default"}
+
+
+class FakeKube(Kube):
+    """TokenReviews answered from USERS; Allocation writes recorded (or failing)."""
+
+    def __init__(self) -> None:
+        super().__init__(Credentials("https://127.0.0.1:1", None))
+        self.statuses: dict[str, dict[str, Any]] = {}
+        self.fail_writes = False
+        self.reviews = 0
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if path.endswith("/tokenreviews"):
+            self.reviews += 1
+            user = USERS.get(body["spec"]["token"])
+            return {"status": {"authenticated": user is not None,
+                               "user": {"username": user} if user else {}}}
+        return body
+
+    async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.fail_writes:
+            raise ApiError(503, {"message": "etcd is sad"}, "PATCH")
+        self.statuses[path] = body["status"]
+        return body
+
+    async def get_or_none(self, path: str) -> dict[str, Any] | None:
+        return None
+
+
+def make_state(kube: FakeKube) -> State:
+    state = State(Settings(probe_service_accounts="ops:probe", checkpoint_interval=0.01),
+                  kube, OwnerResolver(kube))
+    remember(state, json.loads(policy_manifest("p", "shop", amount=None)))
+    state.namespaces["shop"] = {"kubernetes.io/metadata.name": "shop"}
+    state.pods["u1"] = PodInfo("u1", "shop", "web-1", "n1",
+                               Workload(WorkloadKey("shop", "Deployment", "web", "apps/v1")),
+                               PodShape(Decimal(1), Decimal(2**30)))
+    state.ready = True
+    return state
+
+
+def body(seq: int) -> dict[str, Any]:
+    return report(node="n1", boot_id="b", seq=seq,
+                  end=dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC) + dt.timedelta(seconds=5 * seq),
+                  pods=[pod_usage("u1", "shop", "web-1", cpu_core_seconds=1, working_set=2**20)])
+
+
+def run(scenario: Any) -> None:
+    async def main() -> None:
+        kube = FakeKube()
+        state = make_state(kube)
+        checkpointer = Checkpointer(state)
+        task = asyncio.create_task(checkpointer.run())
+        client = TestClient(TestServer(Ingest(state, checkpointer).app()))
+        await client.start_server()
+        try:
+            await scenario(client, state, kube)
+        finally:
+            await client.close()
+            task.cancel()
+
+    asyncio.run(main())
+
+
+async def post(client: TestClient, payload: Any, token: str | None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    resp = await client.post("/v1/reports", data=data, headers=headers)
+    return resp.status, await resp.json()
+
+
+def test_auth_outcomes_and_bad_bodies() -> None:
+    async def scenario(client: TestClient, state: State, kube: FakeKube) -> None:
+        assert (await post(client, body(1), None))[0] == 401
+        assert (await post(client, body(1), "forged"))[0] == 401
+        code, answer = await post(client, body(1), "other")
+        assert code == 403 and "may not post" in answer["error"]
+        assert (await post(client, b"{", "good"))[0] == 400
+        assert (await post(client, {**body(1), "node": ""}, "good"))[0] == 400
+        assert (await post(client, [1, 2], "good"))[0] == 400
+        assert kube.statuses == {}  # nothing written for any of these
+        reviews = kube.reviews
+        await post(client, b"{", "good")
+        assert kube.reviews == reviews  # the verdict on a token is cached
+
+    run(scenario)
+
+
+def test_accepted_then_duplicate_and_ack_only_after_save() -> None:
+    async def scenario(client: TestClient, state: State, kube: FakeKube) -> None:
+        assert await post(client, body(1), "good") == (200, {"accepted": True,
+                                                             "duplicate": False})
+        saved = next(s for p, s in kube.statuses.items() if "deployment-web" in p)
+        assert saved["folded"] == {"n1/b": "1"}
+        assert await post(client, body(1), "good") == (200, {"accepted": True,
+                                                             "duplicate": True})
+        kube.fail_writes = True  # the apiserver refuses: no ack, the probe keeps the report
+        code, _ = await post(client, body(2), "good")
+        assert code == 503
+        kube.fail_writes = False
+        assert (await post(client, body(2), "good"))[0] == 200  # the resend is saved now
+        saved = next(s for p, s in kube.statuses.items() if "deployment-web" in p)
+        assert saved["folded"] == {"n1/b": "1-2"}
+
+    run(scenario)
+
+
+def test_standby_and_warming_up_answer_503() -> None:
+    async def scenario(client: TestClient, state: State, kube: FakeKube) -> None:
+        state.ready = False
+        assert (await post(client, body(1), "good"))[0] == 503
+        state.ready, state.active = True, False
+        code, answer = await post(client, body(1), "good")
+        assert code == 503 and "standby" in answer["error"]
+
+    run(scenario)
