@@ -8,6 +8,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from kopeck.accounting.budget import PodShape
@@ -21,6 +22,7 @@ from kopeck.operator.state import PodInfo, State
 from kopeck.operator.testing import pod_usage, policy_manifest, report
 from kopeck.operator.workloads import OwnerResolver, Workload
 
+Client = TestClient[web.Request, web.Application]
 PROBE = "system:serviceaccount:ops:probe"
 USERS = {"good": PROBE, "other": "system:serviceaccount:shop:default"}
 
@@ -87,7 +89,7 @@ def run(scenario: Any) -> None:
     asyncio.run(main())
 
 
-async def post(client: TestClient, payload: Any, token: str | None) -> tuple[int, Any]:
+async def post(client: Client, payload: Any, token: str | None) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     resp = await client.post("/v1/reports", data=data, headers=headers)
@@ -95,7 +97,7 @@ async def post(client: TestClient, payload: Any, token: str | None) -> tuple[int
 
 
 def test_auth_outcomes_and_bad_bodies() -> None:
-    async def scenario(client: TestClient, state: State, kube: FakeKube) -> None:
+    async def scenario(client: Client, state: State, kube: FakeKube) -> None:
         assert (await post(client, body(1), None))[0] == 401
         assert (await post(client, body(1), "forged"))[0] == 401
         code, answer = await post(client, body(1), "other")
@@ -112,7 +114,7 @@ def test_auth_outcomes_and_bad_bodies() -> None:
 
 
 def test_accepted_then_duplicate_and_ack_only_after_save() -> None:
-    async def scenario(client: TestClient, state: State, kube: FakeKube) -> None:
+    async def scenario(client: Client, state: State, kube: FakeKube) -> None:
         assert await post(client, body(1), "good") == (200, {"accepted": True,
                                                              "duplicate": False})
         saved = next(s for p, s in kube.statuses.items() if "deployment-web" in p)
@@ -131,7 +133,7 @@ def test_accepted_then_duplicate_and_ack_only_after_save() -> None:
 
 
 def test_standby_and_warming_up_answer_503() -> None:
-    async def scenario(client: TestClient, state: State, kube: FakeKube) -> None:
+    async def scenario(client: Client, state: State, kube: FakeKube) -> None:
         state.ready = False
         assert (await post(client, body(1), "good"))[0] == 503
         state.ready, state.active = True, False
