@@ -112,3 +112,32 @@ def test_resource_paths() -> None:
     assert resource_path("cost.kopeck.io/v1alpha1", "costpolicies", None, "x", "status") == (
         "/apis/cost.kopeck.io/v1alpha1/costpolicies/x/status"
     )
+
+
+def test_token_kubeconfig_and_loader_variants(tmp_path: object) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from kopeck.operator.kube import bearer_token
+
+    assert bearer_token({"BearerToken": "Bearer abc"}) == "abc"
+    assert bearer_token({"authorization": "bearer xyz"}) == "xyz"
+    assert bearer_token({"authorization": "raw"}) == "raw"
+    assert bearer_token({}) is None
+    kubeconfig = Path(str(tmp_path)) / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443/",
+                                               "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": "tok.en"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+    }))
+    creds = Credentials.load(str(kubeconfig))
+    assert creds.token == "tok.en" and creds.server == "https://127.0.0.1:6443"
+    assert creds.current_token() == "tok.en"
+    rotating = Path(str(tmp_path)) / "token"
+    rotating.write_text("new-token\n")
+    from dataclasses import replace
+
+    assert replace(creds, token_file=str(rotating)).current_token() == "new-token"

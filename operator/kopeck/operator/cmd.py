@@ -78,7 +78,7 @@ async def main(settings: Settings) -> None:
         return kopf.ConnectionInfo(
             server=creds.server, ca_path=creds.ca_file, insecure=creds.insecure,
             certificate_path=creds.cert_file, private_key_path=creds.key_file,
-            token=creds.token, scheme="Bearer" if creds.token else None,
+            token=creds.current_token(), scheme="Bearer" if creds.token else None,
         )
 
     state = State(settings=settings, kube=kube, resolver=OwnerResolver(kube))

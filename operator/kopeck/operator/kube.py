@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -51,6 +52,8 @@ class Credentials:
     key_file: str | None = None
     token: str | None = None
     insecure: bool = False
+    token_file: str | None = None
+    """Where a rotating token lives (in-cluster projected ServiceAccount token)."""
 
     @classmethod
     def load(cls, kubeconfig: str | None = None) -> Credentials:
@@ -58,22 +61,31 @@ class Credentials:
         from kubernetes import client, config
 
         cfg = client.Configuration()
+        token_file = None
         try:
             config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
         except Exception:
             config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        token = None
-        auth = cfg.get_api_key_with_prefix("authorization")
-        if auth:
-            token = auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else auth
+            token_file = IN_CLUSTER_TOKEN
         return cls(
             server=cfg.host.rstrip("/"),
             ca_file=cfg.ssl_ca_cert,
             cert_file=cfg.cert_file,
             key_file=cfg.key_file,
-            token=token,
+            token=bearer_token(cfg.api_key or {}),
             insecure=not cfg.verify_ssl,
+            token_file=token_file,
         )
+
+    def current_token(self) -> str | None:
+        """The token to send now: re-read from the token file when there is one."""
+        if self.token_file:
+            try:
+                with open(self.token_file) as f:
+                    return f.read().strip() or self.token
+            except OSError:
+                return self.token
+        return self.token
 
     def ssl_context(self) -> ssl.SSLContext:
         """TLS to the apiserver, verifying its certificate against the configured CA."""
@@ -103,6 +115,20 @@ def resource_path(
     return path
 
 
+IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def bearer_token(api_key: dict[str, str]) -> str | None:
+    """The bearer token the kubernetes client loaded (its key differs between loaders and
+    versions: 'authorization' or 'BearerToken', with or without the 'Bearer ' prefix)."""
+    for key in ("authorization", "BearerToken"):
+        value = api_key.get(key)
+        if value:
+            value = value.strip()
+            return value[7:].strip() if value.lower().startswith("bearer ") else value
+    return None
+
+
 class Kube:
     """One aiohttp session to the apiserver, shared by every coroutine of the operator."""
 
@@ -111,19 +137,27 @@ class Kube:
         self._ssl = creds.ssl_context()
         self._session: aiohttp.ClientSession | None = None
         self._max = max_connections
+        self._cached_token: str | None = creds.token
+        self._token_at: float | None = None
 
     async def session(self) -> aiohttp.ClientSession:
         """The shared session, created in the running loop on first use."""
         if self._session is None or self._session.closed:
             headers = {"Accept": "application/json", "User-Agent": "kopeck-operator"}
-            if self.creds.token:
-                headers["Authorization"] = f"Bearer {self.creds.token}"
             self._session = aiohttp.ClientSession(
                 headers=headers,
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._max),
                 timeout=aiohttp.ClientTimeout(total=30),
             )
         return self._session
+
+    def _token(self) -> str | None:
+        """The bearer token, re-read from a rotating token file at most once a minute."""
+        now = time.monotonic()
+        if self._token_at is None or now - self._token_at > 60:
+            self._cached_token = self.creds.current_token()
+            self._token_at = now
+        return self._cached_token
 
     async def close(self) -> None:
         """Close the session (end of the operator)."""
@@ -138,6 +172,9 @@ class Kube:
         session = await self.session()
         url = self.creds.server + path + (f"?{urlencode(params)}" if params else "")
         headers = {}
+        token = self._token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         data = None
         if body is not None:
             data = json.dumps(body)
