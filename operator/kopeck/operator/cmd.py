@@ -33,6 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     Settings.add_arguments(parser)
 
 
+def _denials_are_not_errors(record: logging.LogRecord) -> bool:
+    """kopf logs a denied admission as a failed handler (ERROR); for us it is the policy
+    working, so it is logged as INFO under kopeck.webhook instead."""
+    message = record.getMessage()
+    if "failed permanently: kopeck:" in message:
+        logging.getLogger("kopeck.webhook").info("denied: %s", message.split(": ", 1)[1])
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM."""
     settings = Settings.from_args(args)
@@ -42,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for noisy in ("kopf.objects", "aiohttp.access", "kopf._core.reactor.observation"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("kopf.objects").addFilter(_denials_are_not_errors)
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig
     with contextlib.suppress(KeyboardInterrupt):
