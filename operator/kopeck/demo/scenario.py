@@ -205,9 +205,12 @@ def reapply_frontend(stack: Stack) -> Seen:
 
 
 def spike(stack: Stack) -> None:
-    """A runaway batch job: two busy cores where the shop spent almost nothing."""
-    kubectl(stack, "apply", "-f", "-",
-            manifest=deployment("runaway", SHOP, ["stress-ng", "--cpu", "2"], cpu="100m"))
+    """A runaway batch job: busy cores and a large request where the shop spent little.
+
+    The request is what makes the jump certain: cost is max(request, usage), and usage on
+    a loaded 2-core machine varies, the request does not."""
+    kubectl(stack, "apply", "-f", "-", manifest=deployment(
+        "runaway", SHOP, ["stress-ng", "--cpu", "2"], cpu="1500m", memory="2Gi"))
 
 
 def anomaly_events(stack: Stack) -> list[dict[str, Any]]:
