@@ -23,6 +23,10 @@ bench: setup
 
 crds:
 	.venv/bin/kopeck crds
+	.venv/bin/kopeck crds --dir deploy/base/crds
+
+image:
+	docker build -t kopeck:$$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("kopeck"))') .
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
