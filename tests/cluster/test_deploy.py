@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -346,41 +345,6 @@ def _kubeconfig_for_token(cluster: ClusterHandle, token: str, path: Path) -> Pat
     return path
 
 
-# kopeck.operator.kube.Credentials.load reads the token from api_key["authorization"], but
-# the kubernetes client (v30+) keeps it under api_key["BearerToken"]: with a token (in a pod,
-# or a ServiceAccount kubeconfig) the operator talks to the apiserver as system:anonymous.
-# Until kube.py is fixed, the operator below runs with this shim, which only fills in a token
-# that Credentials.load missed; with the fix it does nothing.
-SHIM = """
-import dataclasses, runpy, sys
-from kopeck.operator import kube
-_load = kube.Credentials.load.__func__
-def load(cls, kubeconfig=None):
-    creds = _load(cls, kubeconfig)
-    if creds.token is None:
-        from kubernetes import client, config
-        cfg = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        token = (cfg.api_key.get("BearerToken") or "").removeprefix("Bearer ").strip()
-        creds = dataclasses.replace(creds, token=token) if token else creds
-    return creds
-kube.Credentials.load = classmethod(load)
-sys.argv = sys.argv[1:]
-runpy.run_module("kopeck.operator.cmd", run_name="__main__")
-"""
-
-
-class ShimmedOperator(OperatorProcess):
-    """`kopeck operator` with the token shim above."""
-
-    def argv(self) -> list[str]:
-        return [sys.executable, "-c", SHIM, *super().argv()[2:]]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="kube.Credentials.load misses a kubeconfig/in-cluster token (api_key['BearerToken'])",
-)
 def test_operator_credentials_carry_the_service_account_token(
     cluster: ClusterHandle, rbac: None, tmp_path: Path
 ) -> None:
@@ -401,7 +365,7 @@ def test_operator_runs_on_its_service_account(
                             "--duration=1h").stdout.strip()  # fmt: skip
     kubeconfig = _kubeconfig_for_token(cluster, token, tmp_path / "operator.kubeconfig")
     policy = f"kt-deploy-{uuid.uuid4().hex[:6]}"
-    op = ShimmedOperator(
+    op = OperatorProcess(
         kubeconfig=kubeconfig, workdir=tmp_path, namespace=NS,
         probe_accounts=f"{NS}:kopeck-node-probe", webhook_config=WEBHOOK_CONFIG,
         extra=["--peering", "kopeck", "--priority", "100", "--peering-lifetime", "10",
