@@ -22,6 +22,7 @@ from kopeck.accounting.cost import (
 )
 from kopeck.accounting.ledger import NODE_KIND, WorkloadKey, namespace_total_key
 from kopeck.accounting.matching import NamedPolicy
+from kopeck.accounting.network import bytes_by_class
 from kopeck.accounting.periods import PeriodWindow, split_interval
 from kopeck.accounting.prices import NodeFacts, Rates, rates_for_node
 from kopeck.accounting.seqs import SeqSet
@@ -72,9 +73,7 @@ def pod_interval(pod: PodUsage, info: PodInfo | None, interval_seconds: Decimal)
     mem_s = Decimal(repr(pod.memory_byte_seconds))
     if mem_s == 0:
         mem_s = Decimal(pod.memory_working_set_bytes) * seconds
-    net: dict[str, int] = defaultdict(int)
-    for n in pod.network:
-        net[n.traffic_class] += n.bytes
+    net = bytes_by_class(pod.network)
     io = sum(c.io_read_bytes + c.io_write_bytes for c in pod.containers)
     shape = info.shape if info else None
     return PodInterval(
@@ -86,7 +85,7 @@ def pod_interval(pod: PodUsage, info: PodInfo | None, interval_seconds: Decimal)
         memory_request_bytes=shape.memory_bytes if shape else ZERO,
         gpus=shape.gpus if shape else ZERO,
         storage_bytes=info.storage_bytes if info else ZERO,
-        network_bytes=dict(net),
+        network_bytes=net,
         memory_peak_bytes=max(pod.memory_peak_bytes, pod.memory_working_set_bytes),
         io_bytes=io,
     )
