@@ -7,7 +7,7 @@ from kopeck.api.report import NetworkUsage
 
 
 def u(cls: str, direction: str, n: int, source: str) -> NetworkUsage:
-    return NetworkUsage(traffic_class=cls, direction=direction, bytes=n, source=source)  # type: ignore[arg-type]
+    return NetworkUsage(traffic_class=cls, direction=direction, bytes=n, source=source)
 
 
 def test_ebpf_alone_is_unclassified() -> None:
