@@ -10,7 +10,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 GROUP = "cost.kopeck.io"
@@ -40,6 +40,7 @@ PositiveDecimal = Annotated[
 
 MoneyString = Annotated[
     Decimal,
+    PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "pattern": MONEY_STRING_PATTERN}),
 ]
 """Money the operator writes in a status: a decimal string, so no float ever rounds it."""
