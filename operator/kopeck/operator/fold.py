@@ -48,6 +48,11 @@ class FoldResult:
     spend_by_namespace: dict[str, Decimal] = field(default_factory=dict)
     spend_by_policy: dict[str, Decimal] = field(default_factory=dict)
     policy_by_workload: dict[WorkloadKey, str] = field(default_factory=dict)
+    node_cost: Decimal = ZERO
+    """The node's cost over the interval; what pods were charged for compute plus idle."""
+    node_allocated: Decimal = ZERO
+    """Compute cost charged to the node's pods over the interval."""
+    currency: str = "USD"
 
 
 def node_facts(state: State, report: ProbeReport) -> NodeFacts:
@@ -168,6 +173,8 @@ def fold_report(state: State, report: ProbeReport, now: dt.datetime) -> FoldResu
         allocated
     )
     interval = NodeInterval(report.node, interval_s, node_cost, tuple(costs), node_cost - allocated)
+    result.node_cost, result.node_allocated = node_cost, allocated
+    result.currency = node_rates.currency
     if state.settings.share_idle:
         interval = share_idle(interval)
 

@@ -155,6 +155,10 @@ class Ingest:
         state.node_seen[report.node] = time.time()
         generation = self.checkpointer.bump() if (result.touched or state.dirty) else None
         if not result.duplicate:
+            node_cost = metrics.NODE_COST.labels(report.node, result.currency, "total")
+            node_cost.inc(float(result.node_cost))
+            metrics.NODE_COST.labels(report.node, result.currency, "allocated").inc(
+                float(result.node_allocated))
             state.counters["reports"] += 1
             state.counters["pods"] += len(report.pods)
             self._rates(result.spend_by_policy, report.interval_end)

@@ -12,6 +12,11 @@ REGISTRY = CollectorRegistry()
 REPORTS = Counter(
     "kopeck_reports_total", "Probe reports by outcome", ["result"], registry=REGISTRY
 )
+NODE_COST = Counter(
+    "kopeck_node_cost", "Node cost folded from reports, and how much of it pods were charged"
+    " for compute (the rest is idle): conservation is checked against Allocations",
+    ["node", "currency", "part"], registry=REGISTRY,
+)
 INGEST_SECONDS = Histogram(
     "kopeck_ingest_seconds", "Time from receiving a report to its acknowledgement",
     registry=REGISTRY, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
