@@ -10,7 +10,6 @@ Everything it starts is stopped at the end (unless --keep), by pid.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -118,9 +117,22 @@ def show_moments(stack: Stack, screen: Screen) -> None:
     with screen.step("where the money went"):
         screen.show(scenario.kubectl(stack, "get", "cpol").stdout)
         screen.show(scenario.kubectl(stack, "get", "alloc", "-A").stdout)
-        if importlib.util.find_spec("kopeck.reports.cmd") is not None:
-            out = subprocess.run(
-                [sys.executable, "-m", "kopeck.cli", "report", "--kubeconfig",
-                 str(stack.kube.kubeconfig)], capture_output=True, text=True, check=False)
-            screen.show("$ kopeck report")
-            screen.show(out.stdout or out.stderr)
+        kubeconfig = str(stack.kube.kubeconfig)
+        out = _kopeck("report", "--kubeconfig", kubeconfig)
+        screen.show("$ kopeck report")
+        screen.show(out)
+        plots = stack.directory / "report"
+        _kopeck("report", "--kubeconfig", kubeconfig, "--plots", str(plots))
+        screen.show(f"plots and a self-contained HTML page: {plots}/report.html")
+        focus = stack.directory / "focus.csv"
+        _kopeck("export", "--kubeconfig", kubeconfig, "--format", "focus", "-o", str(focus))
+        screen.show(f"FinOps FOCUS export: {focus}")
+
+
+def _kopeck(*args: str) -> str:
+    """Run a kopeck sub-command as a user would; its output (or its error)."""
+    out = subprocess.run([sys.executable, "-m", "kopeck.cli", *args], capture_output=True,
+                         text=True, check=False)
+    if out.returncode:
+        raise RuntimeError(f"kopeck {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout
