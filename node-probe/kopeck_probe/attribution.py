@@ -14,6 +14,9 @@ sample cycle (default 1 s); this module turns them into per-interval charges:
 
 Restart safety: the last counters are exported with each report (``state()``) and fed
 back on restart, so usage between the last report and a crash is charged after restart.
+With no saved state, the first look takes what it finds as history charged before the
+probe, except cgroups born after the probe process started (``born_since_start``): a pod
+that arrives while the probe is still starting is charged from zero.
 """
 
 from __future__ import annotations
@@ -138,6 +141,8 @@ class ContainerObservation:
     relpath: str
     stats: CgroupStats | None
     unreadable: bool = False
+    born_since_start: bool = False
+    """Born after the probe started (see PodObservation)."""
 
 
 @dataclass(slots=True)
@@ -157,6 +162,9 @@ class PodObservation:
     """The read failed for another reason than removal: keep the pod, charge it next time."""
     containers_read: bool = True
     """False on light cycles that read only pod cgroups: containers are left as they are."""
+    born_since_start: bool = False
+    """Born after the probe started, though already there at its first look (the probe was
+    still starting): its whole counter is ours. Set by the sampler at the first look only."""
 
 
 @dataclass(frozen=True)
@@ -197,8 +205,9 @@ class Attributor:
     def __init__(self, baselines: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self._pods: dict[str, _Pod] = {}
         self._baselines = dict(baselines or {})
-        # With no saved state, what exists at the first look was charged before us; with
-        # saved state, anything not in it was born while the probe was down.
+        # With no saved state, what exists at the first look was charged before us (unless
+        # born since the probe started); with saved state, anything not in it was born while
+        # the probe was down.
         self._unknown_from_zero = baselines is not None
         self.cycles = 0
 
@@ -216,7 +225,7 @@ class Attributor:
             if pod is None:
                 pod = _Pod(obs.uid, obs.qos, obs.relpath, self._tracked(obs.relpath))
                 self._pods[obs.uid] = pod
-            pod.cg.observe(t, obs.stats, self._from_zero(pod.cg))
+            pod.cg.observe(t, obs.stats, obs.born_since_start or self._from_zero(pod.cg))
             if obs.limits is not None:
                 pod.limits = obs.limits
             if not obs.containers_read:
@@ -233,7 +242,7 @@ class Attributor:
                 if entry is None:
                     entry = (c.relpath, self._tracked(c.relpath))
                     pod.containers[c.container_id] = entry
-                entry[1].observe(t, c.stats, self._from_zero(entry[1]))
+                entry[1].observe(t, c.stats, c.born_since_start or self._from_zero(entry[1]))
             for cid, (_, tr) in pod.containers.items():
                 if cid not in ctr_seen:
                     tr.ended = True
@@ -245,6 +254,12 @@ class Attributor:
         self._baselines.clear()  # only meaningful for the first look after a restart
         self._unknown_from_zero = True
         self.cycles += 1
+
+    @property
+    def first_look(self) -> bool:
+        """Whether the next cycle is the first with no saved state: what it finds is taken
+        as charged before, unless the observation says it was born since the probe started."""
+        return not self._unknown_from_zero
 
     def _tracked(self, relpath: str) -> Tracked:
         raw = self._baselines.get(relpath)

@@ -64,6 +64,7 @@ class Probe:
         directory: PodDirectory | None = None,
         boot_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        started_ticks: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
@@ -72,6 +73,11 @@ class Probe:
         self.buffer = ReportBuffer(cfg.wal_path, self.boot_id, cfg.wal_max_reports)
         saved = self.buffer.load_state()
         self.attributor = Attributor(baselines=saved.get("cgroups", {}) if saved else None)
+        # The probe's start (clock ticks after boot): cgroups whose processes all started
+        # since are charged from zero though the first look finds them (see _first_look).
+        self.started_ticks = (
+            started_ticks if started_ticks is not None else cgroups.process_start_ticks()
+        )
         self.network = network
         self.net_attr = NetworkAttributor(network.source if network else "ebpf")
         self.flows = flows
@@ -115,6 +121,7 @@ class Probe:
         read = reader.read
         inodes, limits = self._inodes, self._limits
         pods = reader.discover(with_containers=full)
+        first_look = self.attributor.first_look and self.started_ticks is not None
         reread_limits = self._cycle % self.cfg.limits_every_cycles == 0
         observations: list[PodObservation] = []
         live: set[str] = set()
@@ -159,6 +166,8 @@ class Probe:
                     containers_read=full,
                 )
             )
+            if first_look and stats is not None:
+                self._first_look(observations[-1])
         self.attributor.observe(t, observations)
         if full:  # light cycles do not see containers: tidy up on full ones only
             for cache in (self._inodes, self._limits):
@@ -180,6 +189,23 @@ class Probe:
         h.sample_seconds = self.clock() - t
         self.cpu_seconds_sampling += time.thread_time() - cpu0
         return events
+
+    def _first_look(self, obs: PodObservation) -> None:
+        """Mark what was born since this process started, among what the first look (with no
+        saved state) finds: a pod whose processes all started after the probe did arrived
+        while it was starting up (importing, loading eBPF), not before it. A pod with no
+        process left tells nothing and is taken as history, as before."""
+        started = self.started_ticks
+        assert started is not None
+
+        def born(relpath: str) -> bool:
+            oldest = self.reader.oldest_task_start(relpath)
+            return oldest is not None and oldest >= started
+
+        obs.born_since_start = born(obs.relpath)
+        for c in obs.containers:
+            # A container is no older than its pod; in an old pod it may be new (a restart).
+            c.born_since_start = obs.born_since_start or born(c.relpath)
 
     def _read_container(self, c: ContainerCgroup, live: set[str]) -> ContainerObservation:
         live.add(c.relpath)

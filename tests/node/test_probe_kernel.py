@@ -7,7 +7,9 @@ with wall time: the machine is shared.
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,9 +18,13 @@ from pathlib import Path
 import pytest
 
 from kopeck.api.report import ProbeReport
+from kopeck.localcluster.kubelet import write_limits
+from kopeck.localcluster.kubelet_spec import CgroupLimits as KubeletLimits
 from kopeck.localcluster.sandbox import PodSandbox, SandboxHost
+from kopeck_probe.cgroups import boot_id
 from kopeck_probe.config import ProbeConfig
 from kopeck_probe.probe import Probe
+from kopeck_probe.push import ReportBuffer
 
 pytestmark = pytest.mark.node
 
@@ -209,3 +215,97 @@ def test_counters_of_a_recreated_pod_cgroup_are_not_negative(tmp_path: Path) -> 
         probe.buffer.close()
     (p,) = [p for p in report.pods if p.uid == uid]
     assert p.cpu_core_seconds == pytest.approx(first + second, rel=0.01)
+
+
+# -- pods born while the probe starts --------------------------------------------------------
+#
+# A probe with no saved state leaves alone what its first look finds (that history was
+# charged before it). A pod born after the probe process started but before that first look
+# (the probe imports, loads eBPF, connects) is not history: it must be charged from zero.
+
+KOPECK = Path(sys.executable).parent / "kopeck"
+
+
+def kernel_cpu_ns(dirs: dict[str, Path]) -> int:
+    return int((dirs["cpuacct"] / "cpuacct.usage").read_text())
+
+
+def mini_kubelet_pod(host: SandboxHost, argv: list[str]) -> PodSandbox:
+    """What the mini-kubelet does for a pod: the pod cgroup, the container cgroup with its
+    limits (shares from a 100m request), then the process at once."""
+    pod = host.pod(qos="burstable", network=False)
+    write_limits(pod.container_dirs("main"), KubeletLimits(cpu_shares=102))
+    pod.run(argv)
+    return pod
+
+
+def test_pod_born_while_the_probe_process_starts_is_charged_from_zero(tmp_path: Path) -> None:
+    with SandboxHost(driver="systemd", network=False) as host:
+        if "cpuacct" not in host.layout:
+            pytest.skip("compares with v1 cpuacct")
+        assert not host.root_dir("cpuacct").exists()  # no kubepods tree when the probe starts
+        wal = tmp_path / "wal.db"
+        log = (tmp_path / "probe.log").open("wb")
+        argv = [
+            str(KOPECK), "probe", "--node-name", "n", "--prefix", host.prefix,
+            "--report-interval", "1", "--wal", str(wal), "--metrics-port", "0",
+            "--no-watch", "--network", "off",
+        ]  # fmt: skip
+        probe = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            # at once: the probe is still starting when the pod's first second is spent
+            pod = mini_kubelet_pod(host, STRESS_3S)
+            assert pod.containers["main"].procs[0].wait(timeout=60) == 0
+            kernel_pod = kernel_cpu_ns(pod.cgroup_dirs())
+            kernel_ctr = kernel_cpu_ns(pod.container_dirs())
+            cid = pod.containers["main"].container_id
+            time.sleep(2.5)  # read at rest by the probe
+        finally:
+            if probe.poll() is None:
+                probe.send_signal(signal.SIGTERM)
+            assert probe.wait(timeout=30) == 0
+            log.close()
+        buf = ReportBuffer(wal, boot_id())
+        reports = [ProbeReport.model_validate_json(p.body) for p in buf.pending(limit=100_000)]
+        buf.close()
+    assert_charged_as_kernel(reports, pod.uid, cid, kernel_pod, kernel_ctr)
+
+
+def test_pod_born_before_the_first_look_of_an_in_process_probe(tmp_path: Path) -> None:
+    with SandboxHost(driver="cgroupfs", network=False) as host:
+        if "cpuacct" not in host.layout:
+            pytest.skip("compares with v1 cpuacct")
+        run = Running(host, tmp_path, report_s=1.0)  # made (started) before the pod
+        pod = mini_kubelet_pod(host, STRESS_3S)
+        time.sleep(0.5)  # the pod has used CPU when the probe first looks
+        with run:
+            assert pod.containers["main"].procs[0].wait(timeout=60) == 0
+            kernel_pod = kernel_cpu_ns(pod.cgroup_dirs())
+            kernel_ctr = kernel_cpu_ns(pod.container_dirs())
+            cid = pod.containers["main"].container_id
+            time.sleep(1.5)
+    assert_charged_as_kernel(run.reports, pod.uid, cid, kernel_pod, kernel_ctr)
+
+
+STRESS_3S = ["sh", "-c", "stress-ng --cpu 1 --cpu-load 50 --timeout 3s -q"]
+
+
+def assert_charged_as_kernel(
+    reports: list[ProbeReport], uid: str, cid: str, kernel_pod_ns: int, kernel_ctr_ns: int
+) -> None:
+    got = charged(reports, uid)
+    got_ctr = sum(
+        c.cpu_core_seconds
+        for r in reports
+        for p in r.pods
+        if p.uid == uid
+        for c in p.containers
+        if c.container_id == cid
+    )
+    print(
+        f"\npod: probe {got:.4f} core-s, kernel {kernel_pod_ns / 1e9:.4f}; "
+        f"container: probe {got_ctr:.4f}, kernel {kernel_ctr_ns / 1e9:.4f}"
+    )
+    assert kernel_pod_ns > 0.5e9, "stress-ng barely ran"
+    assert got == pytest.approx(kernel_pod_ns / 1e9, rel=0.01)
+    assert got_ctr == pytest.approx(kernel_ctr_ns / 1e9, rel=0.01)

@@ -48,6 +48,19 @@ def test_first_look_baselines_later_pods_from_zero() -> None:
     assert got == pytest.approx({"u1": 0.5, "u2": 0.2})
 
 
+def test_first_look_charges_from_zero_what_was_born_since_the_probe_started() -> None:
+    a = Attributor()
+    assert a.first_look
+    ctr = ContainerObservation("c2", "rel/u2/c2", CgroupStats(9, int(0.3 * S), 0))
+    born = obs(0.3, uid="u2", inode=8, containers=(ctr,))
+    born.born_since_start = ctr.born_since_start = True  # arrived while the probe started
+    a.observe(0, [obs(100.0), born])
+    assert not a.first_look
+    a.observe(1, [obs(100.5), obs(0.4, uid="u2", inode=8)])
+    got = {p.uid: p.usage.cpu_ns / S for p in a.cut()}
+    assert got == pytest.approx({"u1": 0.5, "u2": 0.4})
+
+
 def test_counter_reset_is_not_negative() -> None:
     a = Attributor(baselines={})
     a.observe(0, [obs(10.0)])

@@ -3,6 +3,8 @@ plus the probe loop driven over the same fake trees with a fake clock."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -481,3 +483,64 @@ def test_light_cycles_read_no_memory_stat_and_full_ones_do(
     assert report.pods[0].memory_working_set_bytes == 48_000
     assert report.pods[0].memory_peak_bytes == 48_000
     assert report.pods[0].containers[0].io_read_bytes == 10
+
+
+# -- the first look: what was born since the probe started ---------------------------------
+
+
+def test_process_start_ticks() -> None:
+    me = cgroups.process_start_ticks()
+    assert me is not None and me == cgroups.process_start_ticks(os.getpid())
+    now_ticks = time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK")
+    assert 0 < me <= now_ticks
+    init = cgroups.process_start_ticks(1)
+    assert init is not None and init <= me
+    assert cgroups.process_start_ticks(2**22 + 1) is None  # above pid_max: no such process
+
+
+def test_first_look_charges_from_zero_what_was_born_since_the_probe_started(
+    tree: FakeTree, tmp_path: Path
+) -> None:
+    """Pod processes stand in as: pid 1 (started at boot, before the probe) and this test's
+    own process (started when the probe did)."""
+    old = systemd_pod("burstable")
+    new_uid, quiet_uid = "11111111-2222-4333-a444-555555555555", "21111111-2222-4333-a444-5"
+    new = systemd_pod("besteffort", uid=new_uid)
+    quiet = systemd_pod("besteffort", uid=quiet_uid)
+    tree.make(old, cpu_ns=5_000_000_000)
+    tree.make(f"{old}/cri-containerd-{CID}.scope", cpu_ns=4_000_000_000)
+    tree.make(f"{old}/cri-containerd-{'cd' * 32}.scope", cpu_ns=300_000_000)  # restarted since
+    tree.make(new, cpu_ns=400_000_000)
+    tree.make(f"{new}/cri-containerd-{'ef' * 32}.scope", cpu_ns=400_000_000)
+    tree.make(quiet, cpu_ns=200_000_000)  # no process left: nothing tells when it was born
+    walk = Hierarchies.detect(tree.base).walk_root()
+    (walk / old / f"cri-containerd-{CID}.scope" / "cgroup.procs").write_text("1\n")
+    (walk / old / f"cri-containerd-{'cd' * 32}.scope" / "cgroup.procs").write_text(
+        f"{os.getpid()}\n"
+    )
+    (walk / new / f"cri-containerd-{'ef' * 32}.scope" / "cgroup.procs").write_text(
+        f"{os.getpid()}\n999999999\n"  # one gone meanwhile
+    )
+    cfg = ProbeConfig(
+        node_name="n",
+        cgroup_base=tree.base,
+        prefix="pfx",
+        wal_path=tmp_path / "w.db",
+        metrics_port=None,
+        watch_pods=False,
+    )
+    clock = FakeClock()
+    probe = Probe(cfg, boot_id="b", clock=clock, started_ticks=cgroups.process_start_ticks())
+    assert probe.reader.oldest_task_start(old) == cgroups.process_start_ticks(1)
+    assert probe.reader.oldest_task_start(quiet) is None
+    probe.sample()
+    tree.make(old, cpu_ns=6_000_000_000)
+    tree.make(new, cpu_ns=900_000_000)
+    clock.t += 1
+    probe.sample()
+    report = probe.cut_report()
+    probe.buffer.close()
+    got = {p.uid: p.cpu_core_seconds for p in report.pods}
+    assert got == pytest.approx({UID: 1.0, new_uid: 0.9, quiet_uid: 0.0})
+    ctrs = {c.container_id: c.cpu_core_seconds for p in report.pods for c in p.containers}
+    assert ctrs == pytest.approx({CID: 0.0, "cd" * 32: 0.3, "ef" * 32: 0.4})
