@@ -152,7 +152,6 @@ def _current(state: State, acc: Accumulator) -> tuple[dict[str, Resources], int]
 
 
 _prometheus: dict[str, Any] = {}
-PROMETHEUS_REFRESH = dt.timedelta(minutes=5)
 
 
 async def _history(state: State, acc: Accumulator, window: str, now: dt.datetime) -> Any:
@@ -161,13 +160,15 @@ async def _history(state: State, acc: Accumulator, window: str, now: dt.datetime
     if not url:
         return state.histories.get(acc.key), "Histogram"
     cached = _prometheus.get(acc.key.ref)
-    if cached is not None and now - cached[0] < PROMETHEUS_REFRESH:
+    refresh = dt.timedelta(seconds=state.settings.prometheus_refresh)
+    if cached is not None and now - cached[0] < refresh:
         return cached[1], "Prometheus"
     from kopeck.rightsizing.prometheus import PrometheusHistorySource, pod_regex
     from kopeck.rightsizing.quantity import parse_duration
 
     if "source" not in _prometheus:
-        _prometheus["source"] = PrometheusHistorySource(url)
+        step = dt.timedelta(seconds=state.settings.prometheus_step)
+        _prometheus["source"] = PrometheusHistorySource(url, step=step)
     source = _prometheus["source"]
     try:
         hist = await asyncio.to_thread(

@@ -63,6 +63,11 @@ class Settings:
     """The namespace of pod_name (env KOPECK_POD_NAMESPACE); defaults to --namespace."""
     prometheus_url: str | None = None
     """When set, rightsizing history comes from Prometheus instead of the histograms."""
+    prometheus_step: float = 60.0
+    """Seconds of usage per history sample read from Prometheus (the range-query step);
+    a policy's minSamples counts these samples."""
+    prometheus_refresh: float = 300.0
+    """Seconds a workload's Prometheus history is reused before it is read again."""
     verbose: bool = False
 
     @classmethod
