@@ -129,8 +129,12 @@ class EbpfNetworkSource:
     def read(self) -> Mapping[int, NetCounters]:
         """Cumulative counters by cgroup id, over every attached reader."""
         if not self.readers and time.monotonic() >= self._next_try:
-            self._next_try = time.monotonic() + self.retry_s
-            self.attach()
+            # Looking for the directory is a stat per read; only a refusal waits retry_s.
+            try:
+                self.attach()
+            except OSError:
+                self._next_try = time.monotonic() + self.retry_s
+                log.exception("attaching eBPF counters failed; retrying in %.0fs", self.retry_s)
         out: dict[int, NetCounters] = {}
         missed_b = missed_p = 0
         for r in self.readers:

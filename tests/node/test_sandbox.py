@@ -102,3 +102,17 @@ def test_fractional_cpu_limits_round_to_the_nearest_microsecond() -> None:
         pod = host.pod(network=False, cpu_limit_cores=0.29)
         if "cpu" in pod.cgroup_dirs():
             assert (pod.cgroup_dirs()["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "29000"
+
+
+@pytest.mark.parametrize("driver", ["systemd", "cgroupfs"])
+def test_qos_tree_exists_before_any_pod(driver: str) -> None:
+    with SandboxHost(driver=driver, network=False) as host:  # type: ignore[arg-type]
+        host.ensure_qos_tree()
+        parent = host.pods_parent_v2()
+        assert parent.is_dir()
+        names = {p.name for p in parent.iterdir() if p.is_dir()}
+        expected = ({"kubepods-burstable.slice", "kubepods-besteffort.slice"}
+                    if driver == "systemd" else {"burstable", "besteffort"})
+        assert expected <= names
+        pod = host.pod(network=False)  # lands in the existing tree
+        assert pod.cgroup_dirs()["unified"].parent.parent == parent

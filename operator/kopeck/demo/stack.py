@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,8 +168,22 @@ class Stack:
         self.probe = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                       env=dict(os.environ, PYTHONUNBUFFERED="1"))
         self._stack.callback(self._stop_probe)
+        # Ready once it has taken its first look: pods started later are then charged
+        # from their first core-second.
+        self.wait_for("the node-probe's first sampling cycle", self._probe_sampling,
+                      timeout=60, every=0.2)
         self.say(f"node-probe up (pid {self.probe.pid}): reports every "
                  f"{self.settings.report_interval_s:g}s, /metrics on :{self.probe_metrics_port}")
+
+    def _probe_sampling(self) -> bool:
+        url = f"http://127.0.0.1:{self.probe_metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return False
+        return any(line.startswith("kopeck_probe_cycles_total ") and float(line.split()[1]) >= 1
+                   for line in text.splitlines())
 
     def _stop_operator(self) -> None:
         if self.operator is not None:

@@ -472,6 +472,7 @@ class MiniKubelet:
             network=True,
         )
         try:
+            self.host.ensure_qos_tree()
             if self.serve_logs:
                 self.log_server = LogServer(
                     self._log_files,

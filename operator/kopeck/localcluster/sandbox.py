@@ -288,6 +288,16 @@ class SandboxHost:
         """The v2 directory to attach per-cgroup BPF programs at (covers every pod)."""
         return self.pods_parent("unified")
 
+    def ensure_qos_tree(self) -> None:
+        """Create kubepods and its QoS cgroups in every hierarchy now, as a kubelet does at
+        start-up, so that readers attaching at the parent (eBPF) find it before any pod."""
+        for hier in self.layout:
+            parent = self.pods_parent(hier)
+            self._ensure_dir(parent)
+            for qos in ("burstable", "besteffort"):
+                name = f"kubepods-{qos}.slice" if self.driver == "systemd" else qos
+                self._ensure_dir(parent / name)
+
     def _ensure_dir(self, path: Path) -> None:
         missing: list[Path] = []
         p = path
