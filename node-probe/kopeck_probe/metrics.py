@@ -3,6 +3,11 @@
 The figures are the reports' figures, folded into running totals when each report is cut,
 so /metrics and the operator's Allocations agree. A custom collector renders them at scrape
 time, so series of ended pods disappear without label bookkeeping.
+
+Per-pod series carry the time of the report they come from (as cAdvisor's do): the totals
+change once per report, and a scrape stamped with its own time would put a report's usage
+in the wrong scrape interval whenever scrape and report times are close, so a rate over a
+few intervals would swing by a whole report.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class _Container:
 class _Pod:
     namespace: str
     name: str
+    at: float | None = None
     cpu_seconds: float = 0.0
     memory_working_set: int = 0
     memory_byte_seconds: float = 0.0
@@ -63,13 +69,16 @@ class ProbeMetrics(Collector):
         self._pods: dict[str, _Pod] = {}
         self._lock = threading.Lock()
 
-    def fold(self, pods: Iterable[PodUsage]) -> None:
-        """Add one report's pods to the running totals; ended pods are dropped after it."""
+    def fold(self, pods: Iterable[PodUsage], at: float | None = None) -> None:
+        """Add one report's pods to the running totals; ended pods are dropped after it.
+
+        ``at``: the report's end (Unix seconds), the timestamp of the pods' samples."""
         with self._lock:
             for p in pods:
                 cur = self._pods.get(p.uid)
                 if cur is None:
                     cur = self._pods[p.uid] = _Pod(p.namespace or "", p.name or "")
+                cur.at = at
                 if p.namespace:
                     cur.namespace, cur.name = p.namespace, p.name or ""
                 cur.cpu_seconds += p.cpu_core_seconds
@@ -121,17 +130,17 @@ class ProbeMetrics(Collector):
         )
         with self._lock:
             for uid, p in self._pods.items():
-                lv = [p.namespace, p.name, uid]
-                cpu.add_metric(lv, p.cpu_seconds)
-                mem.add_metric(lv, p.memory_working_set)
-                mbs.add_metric(lv, p.memory_byte_seconds)
+                lv, ts = [p.namespace, p.name, uid], p.at
+                cpu.add_metric(lv, p.cpu_seconds, timestamp=ts)
+                mem.add_metric(lv, p.memory_working_set, timestamp=ts)
+                mbs.add_metric(lv, p.memory_byte_seconds, timestamp=ts)
                 for (direction, cls, source), b in p.net.items():
-                    net.add_metric([*lv, direction, cls, source], b)
+                    net.add_metric([*lv, direction, cls, source], b, timestamp=ts)
                 for cname, c in p.containers.items():
-                    ccpu.add_metric([*lv, cname], c.cpu_seconds)
-                    cmem.add_metric([*lv, cname], c.memory_working_set)
-                    cio.add_metric([*lv, cname, "read"], c.io_read)
-                    cio.add_metric([*lv, cname, "write"], c.io_write)
+                    ccpu.add_metric([*lv, cname], c.cpu_seconds, timestamp=ts)
+                    cmem.add_metric([*lv, cname], c.memory_working_set, timestamp=ts)
+                    cio.add_metric([*lv, cname, "read"], c.io_read, timestamp=ts)
+                    cio.add_metric([*lv, cname, "write"], c.io_write, timestamp=ts)
             h = self.health
             yield from (cpu, mem, mbs, net, ccpu, cmem, cio)
         yield CounterMetricFamily("kopeck_probe_cycles", "Sampling cycles run", value=h.cycles)

@@ -263,7 +263,7 @@ class Probe:
 
         report = self.buffer.append(build, state={"cgroups": self.attributor.state()})
         self.directory.forget_deleted({p.uid for p in intervals if not p.ended})
-        self.metrics.fold(report.pods)
+        self.metrics.fold(report.pods, at=end.timestamp())
         h = self.metrics.health
         h.reports_built += 1
         h.threshold_pushes += int(trigger == "threshold")
