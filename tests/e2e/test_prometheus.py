@@ -376,14 +376,14 @@ def test_operator_with_prometheus_url_proposes_the_same(run: Run) -> None:
     op = wait_proposal(run, "Prometheus", restarted, timeout=45)
     at = generated_at(op)
     written = requests_of(op)
-    from_prom, prom_samples, _ = prometheus_proposal(run.prometheus, at)
+    from_prom, prom_samples, prom_spread = prometheus_proposal(run.prometheus, at)
     cpu_diff, mem_diff = difference(from_prom, written)
     figures = (
         f"operator --prometheus-url ({op['containers'][0]['samples']} samples): "
         f"cpu={written.cpu_cores} memory={written.memory_bytes}; "
         f"this test's query ({prom_samples} samples): cpu={from_prom.cpu_cores} "
         f"memory={from_prom.memory_bytes}; difference cpu {cpu_diff:.2%} "
-        f"memory {mem_diff:.2%}"
+        f"memory {mem_diff:.2%}; cpu {prom_spread}"
     )
     if run.histogram_proposal is not None:
         h_cpu, h_mem = difference(run.histogram_proposal, written)
