@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from kopeck.api.common import LabelSelector
+from kopeck.accounting.matching import selector_matches
 from kopeck.api.costpolicy import CostPolicySpec, Exemptions, TimeWindow
 
 Action = Literal["Rightsizing", "Enforcement"]
@@ -33,30 +33,6 @@ class GateDecision:
 
     def __bool__(self) -> bool:
         return self.suspended
-
-
-def selector_matches(selector: LabelSelector | None, labels: Mapping[str, str]) -> bool:
-    """Kubernetes label-selector semantics: matchLabels and matchExpressions all hold.
-
-    None and an empty selector match everything.
-    """
-    if selector is None:
-        return True
-    for key, value in (selector.match_labels or {}).items():
-        if labels.get(key) != value:
-            return False
-    for req in selector.match_expressions or []:
-        values = set(req.values or [])
-        present = req.key in labels
-        if req.operator == "In" and not (present and labels[req.key] in values):
-            return False
-        if req.operator == "NotIn" and present and labels[req.key] in values:
-            return False
-        if req.operator == "Exists" and not present:
-            return False
-        if req.operator == "DoesNotExist" and present:
-            return False
-    return True
 
 
 def _zone(window: TimeWindow) -> ZoneInfo:
