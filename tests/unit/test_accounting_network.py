@@ -31,3 +31,8 @@ def test_flows_alone_and_flows_above_the_measured_total() -> None:
     assert bytes_by_class([u("internet", "tx", 70, "flows")]) == {"internet": 70}
     got = bytes_by_class([u("unclassified", "tx", 100, "veth"), u("internet", "tx", 120, "flows")])
     assert got == {"internet": 120}  # never a negative remainder
+
+
+def test_measured_bytes_keep_their_class_when_no_flow_classifies_them() -> None:
+    got = bytes_by_class([u("internet", "tx", 500, "ebpf"), u("unclassified", "rx", 20, "ebpf")])
+    assert got == {"internet": 500, "unclassified": 20}

@@ -31,23 +31,26 @@ class Usage(Protocol):
 def bytes_by_class(usages: Iterable[Usage]) -> dict[str, int]:
     """Bytes per traffic class for one pod and interval, each byte counted once.
 
-    Per direction: classified bytes come from flow records; the exact eBPF/veth total, when
-    present, adds what the flows did not classify as "unclassified" (never negative).
+    Per direction: with flow records, the classes come from them and the exact eBPF/veth
+    total adds what they did not classify as "unclassified" (never negative); without flow
+    records, the measured bytes keep the class they were reported with.
     """
-    measured: dict[str, int] = defaultdict(int)
+    measured: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     classified: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for u in usages:
-        if u.source in MEASURED_SOURCES:
-            measured[u.direction] += u.bytes
-        else:
-            classified[u.direction][u.traffic_class] += u.bytes
+        side = measured if u.source in MEASURED_SOURCES else classified
+        side[u.direction][u.traffic_class] += u.bytes
     out: dict[str, int] = defaultdict(int)
     for direction in set(measured) | set(classified):
-        flows = classified.get(direction, {})
+        flows = classified.get(direction)
+        exact = measured.get(direction, {})
+        if not flows:
+            for cls, n in exact.items():
+                out[cls] += n
+            continue
         for cls, n in flows.items():
             out[cls] += n
-        if direction in measured:
-            rest = measured[direction] - sum(flows.values())
-            if rest > 0:
-                out["unclassified"] += rest
+        rest = sum(exact.values()) - sum(flows.values())
+        if exact and rest > 0:
+            out["unclassified"] += rest
     return {cls: n for cls, n in out.items() if n}
