@@ -82,6 +82,23 @@ def test_webhook_per_policy_with_its_selector_and_failure_policy() -> None:
     assert a["sideEffects"] == "NoneOnDryRun"
 
 
+def test_webhook_names_the_service_in_front_of_it_when_configured() -> None:
+    kube = Kube(Credentials("https://127.0.0.1:1", None))
+    settings = Settings(namespace="kopeck-system",
+                        webhook_service="kopeck-system/kopeck-operator:9443")
+    state = State(settings, kube, OwnerResolver(kube))
+    remember(state, json.loads(policy_manifest("team-a", "shop")))
+    (hook,) = desired_webhooks(state, "https://ignored:1", "Q0E=")
+    assert hook["clientConfig"] == {
+        "service": {"namespace": "kopeck-system", "name": "kopeck-operator", "port": 9443,
+                    "path": "/budget/team-a"},
+        "caBundle": "Q0E=",
+    }
+    for bad in ("kopeck-operator", "ns/", "ns/name:https"):
+        with pytest.raises(ValueError, match="namespace/name"):
+            Settings(webhook_service=bad).webhook_service_ref()
+
+
 def test_deny_message_names_workload_cost_policy_spent_and_budget() -> None:
     kube = Kube(Credentials("https://127.0.0.1:1", None))
     state = State(Settings(), kube, OwnerResolver(kube))

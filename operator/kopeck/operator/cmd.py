@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ def _denials_are_not_errors(record: logging.LogRecord) -> bool:
 def run(args: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM."""
     settings = Settings.from_args(args)
+    try:
+        settings.webhook_service_ref()
+    except ValueError as exc:
+        print(f"kopeck operator: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if settings.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -50,6 +50,9 @@ class Settings:
     webhook_config: str = "kopeck.cost.kopeck.io"
     """Name of the ValidatingWebhookConfiguration the operator manages."""
     webhook_timeout: int = 5
+    webhook_service: str | None = None
+    """namespace/name:port of a Service in front of the webhook; the configuration then names
+    that Service (the apiserver resolves it itself) instead of a URL."""
     peering: str | None = None
     """kopf peering name for HA (two replicas, one active); None runs standalone."""
     priority: int | None = None
@@ -96,6 +99,19 @@ class Settings:
     def from_args(cls, args: argparse.Namespace) -> Settings:
         """The settings parsed by `add_arguments`."""
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    def webhook_service_ref(self) -> dict[str, object] | None:
+        """The Service reference for the webhook client config, or None for a URL."""
+        if not self.webhook_service:
+            return None
+        ns, slash, rest = self.webhook_service.partition("/")
+        name, colon, port = rest.partition(":")
+        if not (slash and ns and name and (not colon or port.isdigit())):
+            raise ValueError(
+                f"--webhook-service {self.webhook_service!r}: expected namespace/name[:port], "
+                "e.g. kopeck-system/kopeck-operator:9443"
+            )
+        return {"namespace": ns, "name": name, "port": int(port) if port else 443}
 
     @property
     def probe_accounts(self) -> set[str]:

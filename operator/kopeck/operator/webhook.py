@@ -399,7 +399,9 @@ def _selector(sel: Any) -> dict[str, Any]:
 
 
 def desired_webhooks(state: State, url: str, ca_bundle: str) -> list[dict[str, Any]]:
-    """One webhook per policy: its namespace selector, its failurePolicy, our URL."""
+    """One webhook per policy: its namespace selector, its failurePolicy, our URL (or the
+    Service in front of us, when one is configured)."""
+    service = state.settings.webhook_service_ref()
     hooks = []
     for name, entry in sorted(state.policies.items()):
         if entry.invalid:
@@ -422,7 +424,10 @@ def desired_webhooks(state: State, url: str, ca_bundle: str) -> list[dict[str, A
         ]
         hooks.append({
             "name": f"{name}.budget.cost.kopeck.io",
-            "clientConfig": {"url": f"{url}/{HOOK_ID}/{name}", "caBundle": ca_bundle},
+            "clientConfig": (
+                {"service": {**service, "path": f"/{HOOK_ID}/{name}"}, "caBundle": ca_bundle}
+                if service else {"url": f"{url}/{HOOK_ID}/{name}", "caBundle": ca_bundle}
+            ),
             "rules": rules,
             "namespaceSelector": ns_selector,
             "failurePolicy": failure,
