@@ -41,12 +41,7 @@ def install_crds(cluster: ClusterHandle, timeout_s: int = 60) -> None:
     names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
     args = [a for f in files for a in ("-f", str(f))]
     cluster.kubectl("apply", "--server-side", "--force-conflicts", *args)
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        f"--timeout={timeout_s}s",
-        *(f"crd/{n}" for n in names),
-    )
+    cluster.wait_established(names, timeout=timeout_s)
 
 
 def _kubectl_for_external() -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from types import TracebackType
 
 from kopeck.api.crdgen import all_crds, render
 from kopeck.localcluster.build import Progress, ensure_binaries
-from kopeck.localcluster.cluster import LocalCluster
+from kopeck.localcluster.cluster import LocalCluster, free_port
 from kopeck.localcluster.handle import ClusterHandle
 from kopeck.localcluster.kubelet import MiniKubelet, NodeSettings
 from kopeck.operator.testing import OperatorProcess
@@ -31,31 +30,11 @@ PROBE_ACCOUNT = "kopeck-node-probe"
 SYSTEM_NAMESPACE = "kopeck-system"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def install_crds(handle: ClusterHandle, timeout: float = 60.0) -> None:
-    """Apply the CRDs generated from the models and wait until the apiserver serves them.
-
-    Polled rather than `kubectl wait`, which fails outright when it looks before the
-    apiserver has written the CRD's first condition."""
-    manifest = "---\n".join(render(crd) for crd in all_crds().values())
-    handle.apply(manifest)
-    names = [f"{crd['metadata']['name']}" for crd in all_crds().values()]
-    query = '{.status.conditions[?(@.type=="Established")].status}'
-    deadline = time.monotonic() + timeout
-    while True:
-        pending = [n for n in names if handle.kubectl(
-            "get", "crd", n, "-o", f"jsonpath={query}", check=False).stdout.strip() != "True"]
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"CRDs not Established within {timeout:.0f}s: {pending}")
-        time.sleep(0.2)
+def install_crds(handle: ClusterHandle) -> None:
+    """Apply the CRDs generated from the models and wait until the apiserver serves them."""
+    crds = all_crds().values()
+    handle.apply("---\n".join(render(crd) for crd in crds))
+    handle.wait_established([crd["metadata"]["name"] for crd in crds])
 
 
 @dataclass
@@ -144,7 +123,7 @@ class Stack:
                         "--duration=24h").stdout.strip()
         token_file.write_text(token)
         token_file.chmod(0o600)
-        self.probe_metrics_port = _free_port()
+        self.probe_metrics_port = free_port()
         argv = [
             sys.executable, "-m", "kopeck.cli", "probe",
             "--node-name", self.settings.node.name,
@@ -162,7 +141,7 @@ class Stack:
             "--region", self.settings.node.region,
         ]  # fmt: skip
         if self.settings.flows:
-            self.flows_port = _free_port()
+            self.flows_port = free_port()
             argv += ["--flows-listen", f"127.0.0.1:{self.flows_port}"]
         log = (self.directory / "probe.log").open("ab")
         self.probe = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,6 +73,22 @@ class ClusterHandle:
     def apply(self, manifest: str, *extra: str) -> subprocess.CompletedProcess[str]:
         """kubectl apply -f - with ``manifest`` (YAML text); raises with stderr on failure."""
         return self.kubectl("apply", "-f", "-", *extra, input=manifest)
+
+    def wait_established(self, crd_names: Sequence[str], timeout: float = 60.0) -> None:
+        """Wait until the apiserver serves these CRDs.
+
+        Polled rather than `kubectl wait`, which fails outright when it looks before the
+        apiserver has written the CRD's first condition (seen right after an apply)."""
+        query = '{.status.conditions[?(@.type=="Established")].status}'
+        deadline = time.monotonic() + timeout
+        while True:
+            pending = [n for n in crd_names if self.kubectl(
+                "get", "crd", n, "-o", f"jsonpath={query}", check=False).stdout.strip() != "True"]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRDs not Established within {timeout:.0f}s: {pending}")
+            time.sleep(0.2)
 
     def api_client(self) -> ApiClient:
         """A kubernetes.client.ApiClient for this cluster (a new one per call)."""
