@@ -9,7 +9,8 @@ step() { printf '\n==> %s\n' "$*"; }
 t0=$(date +%s)
 
 # Real peers and kernel tools the product and its tests use.
-DEBIAN_PACKAGES=(iproute2 softflowd nfdump stress-ng iperf3 prometheus bpftool openssl)
+# clang + llvm: the eBPF assembler is checked against the compiler (tests/unit/test_ebpf_asm.py).
+DEBIAN_PACKAGES=(iproute2 softflowd nfdump stress-ng iperf3 prometheus bpftool openssl clang llvm)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -76,7 +76,7 @@ def _clang_assemble(source: str, tmp: Path) -> bytes:
     clang = shutil.which("clang") or shutil.which("clang-14")
     objcopy = shutil.which("llvm-objcopy") or shutil.which("llvm-objcopy-14")
     if clang is None or objcopy is None:
-        pytest.skip("clang / llvm-objcopy not installed (build-time tools only)")
+        pytest.fail("clang / llvm-objcopy not installed: scripts/setup.sh installs them (make test)")
     (tmp / "p.s").write_text(source)
     subprocess.run(
         [clang, "-target", "bpf", "-c", str(tmp / "p.s"), "-o", str(tmp / "p.o")], check=True
