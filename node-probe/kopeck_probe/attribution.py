@@ -31,11 +31,18 @@ from kopeck_probe.cgroups import CgroupLimits, CgroupStats, Qos
 NS_PER_S = 1_000_000_000
 
 
+def counter_deltas(prev: Sequence[int] | None, cur: Sequence[int]) -> tuple[int, ...]:
+    """What cumulative counters that restart together (one cgroup's, one map entry's) added
+    since prev. Any of them lower than before means all restarted at 0: then the new values
+    are the deltas, never a negative one. No prev: counted from zero."""
+    if prev is None or any(c < p for p, c in zip(prev, cur, strict=True)):
+        return tuple(cur)
+    return tuple(c - p for p, c in zip(prev, cur, strict=True))
+
+
 def counter_delta(prev: int | None, cur: int) -> int:
-    """What a cumulative counter added since prev; a lower value means it restarted at 0."""
-    if prev is None or cur < prev:
-        return cur
-    return cur - prev
+    """What one cumulative counter added since prev (see counter_deltas)."""
+    return counter_deltas(None if prev is None else (prev,), (cur,))[0]
 
 
 @dataclass
@@ -430,6 +437,10 @@ class NetCounters:
     tx_packets: int = 0
     rx_packets: int = 0
 
+    def values(self) -> tuple[int, int, int, int]:
+        """The four counters, for counter_deltas."""
+        return (self.tx_bytes, self.rx_bytes, self.tx_packets, self.rx_packets)
+
 
 class CgroupNetworkSource(Protocol):
     """A reader of cumulative per-cgroup network counters (eBPF map, or veth fallback).
@@ -477,14 +488,10 @@ class NetworkAttributor:
                 cur = counters.get(ino)
                 if cur is None:
                     continue
+                # One field going down means the whole entry restarted (map entry re-made).
                 prev = self._last.get(ino)
-                now = (cur.tx_bytes, cur.rx_bytes, cur.tx_packets, cur.rx_packets)
-                if prev is not None:
-                    before = (prev.tx_bytes, prev.rx_bytes, prev.tx_packets, prev.rx_packets)
-                    # One field going down means the whole entry restarted (map entry re-made).
-                    if all(c >= b for c, b in zip(now, before, strict=True)):
-                        now = tuple(c - b for c, b in zip(now, before, strict=True))  # type: ignore[assignment]
-                for i, d in enumerate(now):
+                deltas = counter_deltas(prev.values() if prev else None, cur.values())
+                for i, d in enumerate(deltas):
                     acc[i] += d
                 self._last[ino] = cur
         live = {i for inodes in pod_inodes.values() for i in inodes}

@@ -17,9 +17,11 @@ from pydantic import ValidationError
 from kopeck_probe.config import SA_TOKEN, ProbeConfig
 
 if TYPE_CHECKING:
+    from kopeck_probe.ebpf_source import EbpfNetworkSource
+    from kopeck_probe.flows.source import FlowSource
     from kopeck_probe.pods import PodDirectory
     from kopeck_probe.push import HttpsTransport
-    from kopeck_probe.wiring import EbpfNetworkSource, FlowSource, VethNetworkSource
+    from kopeck_probe.veth_source import VethNetworkSource
 
 log = logging.getLogger("kopeck_probe")
 
@@ -147,13 +149,14 @@ def config_from_args(args: argparse.Namespace) -> ProbeConfig:
 
 def open_network(cfg: ProbeConfig) -> EbpfNetworkSource | VethNetworkSource | None:
     """The configured per-pod byte counters; eBPF refused by the kernel falls back to veth."""
-    from kopeck_probe.wiring import EbpfNetworkSource, VethNetworkSource
+    from kopeck_probe import ebpf_source
+    from kopeck_probe.veth_source import VethNetworkSource
 
     if cfg.network == "off":
         return None
     if cfg.network == "ebpf":
         try:
-            return EbpfNetworkSource(cfg.cgroup_base, cfg.prefix)
+            return ebpf_source.EbpfNetworkSource(cfg.cgroup_base, cfg.prefix)
         except OSError as exc:
             log.warning(
                 "eBPF network counters unavailable (%s): using host-side veth counters instead "
@@ -168,7 +171,8 @@ def open_flows(cfg: ProbeConfig, directory: PodDirectory) -> FlowSource | None:
     watch is off, from the pods' own network namespaces)."""
     if not cfg.flows_listen:
         return None
-    from kopeck_probe.wiring import PodNetns, build_topology, node_addresses, open_flow_source
+    from kopeck_probe.flows.source import build_topology, node_addresses, open_flow_source
+    from kopeck_probe.netns import PodNetns
 
     topology = build_topology(
         cfg.node_name,
@@ -241,10 +245,11 @@ def _run(
     flows: FlowSource | None,
     stop: threading.Event,
 ) -> int:
+    from kopeck_probe.ebpf_source import EbpfNetworkSource
     from kopeck_probe.metrics import serve
+    from kopeck_probe.network_health import NetworkHealth
     from kopeck_probe.pods import PodWatcher
     from kopeck_probe.probe import Probe
-    from kopeck_probe.wiring import EbpfNetworkSource, NetworkHealth
 
     probe = Probe(cfg, transport=transport, network=network, flows=flows, directory=directory)
     if cfg.metrics_port:

@@ -191,7 +191,7 @@ class ProbeMetrics(Collector):
 
 def registry_with(metrics: ProbeMetrics, *extra: Collector) -> CollectorRegistry:
     """A registry holding only the probe's collectors (no process defaults double-registered);
-    extra: the network sources' own health (see wiring.NetworkHealth)."""
+    extra: the network sources' own health (see network_health.NetworkHealth)."""
     reg = CollectorRegistry()
     reg.register(metrics)
     for c in extra:

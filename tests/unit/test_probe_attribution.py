@@ -14,6 +14,7 @@ from kopeck_probe.attribution import (
     PodResources,
     ThresholdTracker,
     counter_delta,
+    counter_deltas,
     merge_resources,
     threshold_conditions,
 )
@@ -38,6 +39,13 @@ def test_counter_delta() -> None:
     assert counter_delta(None, 5) == 5
     assert counter_delta(3, 5) == 2
     assert counter_delta(9, 4) == 4  # went down: restarted from zero, never negative
+
+
+def test_counters_that_restart_together_reset_together() -> None:
+    assert counter_deltas(None, (5, 6)) == (5, 6)
+    assert counter_deltas((1, 2), (5, 6)) == (4, 4)
+    # bytes went down though packets did not: the whole entry was re-made
+    assert counter_deltas((100, 2), (40, 3)) == (40, 3)
 
 
 def test_first_look_baselines_later_pods_from_zero() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from kopeck_probe import cmd, wiring
+from kopeck_probe import cmd, ebpf_source
 from kopeck_probe.attribution import NetCounters, NetworkAttributor
 from kopeck_probe.config import (
     allowed_exporters,
@@ -23,20 +23,15 @@ from kopeck_probe.config import (
 )
 from kopeck_probe.ebpf import Counters
 from kopeck_probe.ebpf.cost import ProgramCost
+from kopeck_probe.ebpf_source import EbpfNetworkSource
 from kopeck_probe.flows import craft as c
 from kopeck_probe.flows.classify import classify
 from kopeck_probe.flows.collector import CollectorConfig, FlowCollector
 from kopeck_probe.flows.podmap import PodIPMap
-from kopeck_probe.wiring import (
-    EbpfNetworkSource,
-    FlowSource,
-    PodNet,
-    PodNetns,
-    VethNetworkSource,
-    build_topology,
-    parse_fib_trie_local,
-    parse_if_inet6,
-)
+from kopeck_probe.flows.source import FlowSource, build_topology
+from kopeck_probe.netns import PodNet, PodNetns, parse_fib_trie_local, parse_if_inet6
+from kopeck_probe.network_health import NetworkHealth
+from kopeck_probe.veth_source import VethNetworkSource
 
 
 def args(*argv: str) -> argparse.Namespace:
@@ -223,7 +218,7 @@ def test_ebpf_refused_falls_back_to_veth(monkeypatch: pytest.MonkeyPatch) -> Non
     def refuse(*a: object, **k: object) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(wiring, "EbpfNetworkSource", refuse)
+    monkeypatch.setattr(ebpf_source, "EbpfNetworkSource", refuse)
     cfg = cmd.config_from_args(args("--network", "ebpf"))
     src = cmd.open_network(cfg)
     try:
@@ -374,6 +369,6 @@ def test_network_health_renders_ebpf_cost(tmp_path: Path) -> None:
         base, "pfx", opener=lambda p: FakeEbpf(p, {}),  # type: ignore[arg-type,return-value]
     )  # fmt: skip
     src.cost = ProgramCost(run_time_ns=45_000, run_cnt=100)
-    names = {m.name: m for m in wiring.NetworkHealth(src, None).collect()}
+    names = {m.name: m for m in NetworkHealth(src, None).collect()}
     assert names["kopeck_probe_ebpf_ns_per_packet"].samples[0].value == 450
     assert names["kopeck_probe_network_source"].samples[0].labels == {"source": "ebpf"}
