@@ -4,19 +4,22 @@ A real control plane on loopback, this machine as a Node whose pods run in real 
 the operator and the node-probe as processes, example policies and workloads with known
 loads; then the moments a user cares about: Allocations filling with real figures, a
 Deployment refused for its budget, a rightsizing warning, an anomaly Event, a report.
-Everything it starts is stopped at the end (unless --keep), by pid.
+Everything it starts is stopped at the end (unless --keep), by pid, and on SIGTERM, SIGHUP
+or Ctrl-C at any moment (with or without --keep): a timeout or a closed terminal leaves nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import FrameType
 
 from kopeck.demo import scenario
 from kopeck.demo.stack import Stack, StackSettings
@@ -55,11 +58,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the probe's network reader")
 
 
+class Stopped(BaseException):
+    """A stop signal arrived; a BaseException so no handler on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+def _raise_stopped(signum: int, _frame: FrameType | None) -> None:
+    raise Stopped(signum)
+
+
+@contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """SIGTERM / SIGHUP / SIGINT raise `Stopped` in the main thread while the demo runs."""
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _say(text: str) -> None:
+    """Print, unless the terminal is gone (SIGHUP): cleanup must not fail on a closed tty."""
+    with suppress(OSError):
+        print(text, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; exit 0 when every moment was shown."""
+    """Run the demo; exit 0 when every moment was shown, 128+N when signal N stopped it."""
     screen = Screen()
     directory: Path = args.dir or Path(tempfile.mkdtemp(prefix="kopeck-demo-"))
     stack = Stack(directory, StackSettings(network=args.network), say=screen.show)
+    with stop_signals_raise():
+        try:
+            return _run(args, screen, stack, directory)
+        except Stopped as stopped:
+            for sig in STOP_SIGNALS:  # a second signal must not cut the cleanup short
+                signal.signal(sig, signal.SIG_IGN)
+            _say(f"\n{stopped}: stopping everything the demo started")
+            stack.stop()
+            _say(f"stopped; working folder {directory}")
+            return 128 + stopped.signum
+
+
+def _run(args: argparse.Namespace, screen: Screen, stack: Stack, directory: Path) -> int:
     try:
         with screen.step("start: control plane, node, operator, node-probe"):
             stack.start(keep=args.keep)
@@ -71,12 +119,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if args.keep:
         print(f"\nEverything keeps running. export KUBECONFIG={stack.kube.kubeconfig}")
-        print("Stop with Ctrl-C in this terminal.")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        print("Stop with Ctrl-C (or SIGTERM / SIGHUP) to this process.", flush=True)
+        while True:
+            time.sleep(3600)
     with screen.step("stop everything"):
         stack.stop()
     print(f"\ndemo finished in {time.monotonic() - screen.t0:.0f}s; working folder {directory}")

@@ -1,0 +1,1 @@
+"""Shared test tools (fixtures and helpers); nothing here ships in the product package."""
