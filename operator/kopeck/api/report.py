@@ -16,6 +16,11 @@ TrafficClass = Literal["intraZone", "crossZone", "crossRegion", "internet", "unc
 Direction = Literal["tx", "rx"]
 ThresholdKind = Literal["CpuHigh", "MemoryHigh", "Idle"]
 
+REPLAY_HORIZON_REPORTS = 100_000
+"""A probe holds at most this many unacknowledged reports (its buffer refuses a larger
+bound), so once the operator has seen seq H of a boot, no seq at or below H minus this can
+ever be sent again: the operator may settle those instead of keeping their gaps open."""
+
 
 class NetworkUsage(KopeckModel):
     """Bytes and packets in one direction and class during the interval."""
