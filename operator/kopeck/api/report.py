@@ -2,13 +2,20 @@
 
 The key ``(node, boot_id, seq)`` identifies a report: the operator acknowledges and ignores
 a report it has already folded in, so the probe may resend anything not acknowledged.
+
+Probe and operator are upgraded separately, so the report schema is versioned
+(``schemaVersion``) and every report model ignores fields it does not know: an operator
+reads the reports of the previous and the next minor version of the probe. A wall clock
+that steps backwards or a probe that stalls does not make a report invalid either: the
+validator brings the interval into shape and records what it changed, so no usage is lost.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from kopeck.api.common import KopeckModel, Timestamp
 
@@ -21,8 +28,22 @@ REPLAY_HORIZON_REPORTS = 100_000
 bound), so once the operator has seen seq H of a boot, no seq at or below H minus this can
 ever be sent again: the operator may settle those instead of keeping their gaps open."""
 
+SCHEMA_VERSION = 1
+"""The report schema this code writes; bump when a field is added or its meaning changes."""
+MAX_INTERVAL = dt.timedelta(hours=1)
+"""The longest interval one report may cover; a longer one (a stalled probe) is cut to this
+and the rest kept in ``stalledSeconds``."""
+MAX_CLOCK_STEP = dt.timedelta(days=1)
+"""How far the wall clock may step backwards within one report before it counts as garbage."""
 
-class NetworkUsage(KopeckModel):
+
+class ReportModel(KopeckModel):
+    """Base of the report models: unknown fields (a newer probe's) are ignored, not refused."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class NetworkUsage(ReportModel):
     """Bytes and packets in one direction and class during the interval."""
 
     traffic_class: TrafficClass
@@ -37,7 +58,7 @@ class NetworkUsage(KopeckModel):
     """Which reader measured it."""
 
 
-class ContainerUsage(KopeckModel):
+class ContainerUsage(ReportModel):
     """One container's deltas over the interval."""
 
     name: str
@@ -62,7 +83,7 @@ class ContainerUsage(KopeckModel):
     """The cgroup's memory limit, when one is set."""
 
 
-class PodUsage(KopeckModel):
+class PodUsage(ReportModel):
     """One pod's usage over the interval."""
 
     uid: str
@@ -91,7 +112,7 @@ class PodUsage(KopeckModel):
     """How long within the interval the pod was running."""
 
 
-class ThresholdEvent(KopeckModel):
+class ThresholdEvent(ReportModel):
     """A pod crossed a threshold; the report was pushed at once because of it."""
 
     pod_uid: str
@@ -104,7 +125,7 @@ class ThresholdEvent(KopeckModel):
     """The threshold crossed."""
 
 
-class Gap(KopeckModel):
+class Gap(ReportModel):
     """Reports dropped by the probe's bounded buffer (oldest first)."""
 
     from_seq: int
@@ -115,7 +136,7 @@ class Gap(KopeckModel):
     """Boot id of the dropped reports, when it is not the carrying report's."""
 
 
-class NodeInfo(KopeckModel):
+class NodeInfo(ReportModel):
     """Facts about the node needed to price and normalise usage."""
 
     cpu_cores: float = Field(gt=0)
@@ -126,7 +147,7 @@ class NodeInfo(KopeckModel):
     """Per-core speed factor from the cost.kopeck.io/cpu-factor label."""
 
 
-class ProbeReport(KopeckModel):
+class ProbeReport(ReportModel):
     """One interval of one node, as pushed by the node-probe."""
 
     node: str = Field(min_length=1)
@@ -149,6 +170,38 @@ class ProbeReport(KopeckModel):
     """Threshold crossings in this interval."""
     gaps: list[Gap] = Field(default_factory=list)
     """Reports lost to buffer overflow since the previous report."""
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
+    """Report schema version of the probe that wrote it (absent from probes before 1)."""
+    elapsed_seconds: float | None = Field(default=None, ge=0)
+    """The interval's length on the probe's monotonic clock, which never steps."""
+    clock_step_seconds: float = Field(default=0, ge=0)
+    """How far the wall clock stepped backwards within the interval (set on validation)."""
+    stalled_seconds: float = Field(default=0, ge=0)
+    """Time beyond MAX_INTERVAL the interval covered (set on validation; not priced yet)."""
+
+    @model_validator(mode="after")
+    def _wall_clock(self) -> ProbeReport:
+        """A backwards clock step or a stall reshapes the interval instead of refusing the
+        report: the usage in it is real, only the wall-clock bounds are off."""
+        start, end = self.interval_start, self.interval_end
+        if end < start:
+            step = start - end
+            if step > MAX_CLOCK_STEP:
+                raise ValueError(
+                    f"intervalEnd {end.isoformat()} is {step} before intervalStart; "
+                    f"a wall clock step of more than {MAX_CLOCK_STEP} is not a clock step"
+                )
+            self.clock_step_seconds += step.total_seconds()
+            elapsed = dt.timedelta(seconds=self.elapsed_seconds or 0)
+            start = end - min(elapsed, MAX_INTERVAL)
+        elif self.elapsed_seconds is not None and end - start > MAX_INTERVAL:
+            # the wall clock jumped forwards or the probe stalled: trust the monotonic length
+            start = end - dt.timedelta(seconds=self.elapsed_seconds)
+        if end - start > MAX_INTERVAL:
+            self.stalled_seconds += (end - start - MAX_INTERVAL).total_seconds()
+            start = end - MAX_INTERVAL
+        self.interval_start = start
+        return self
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -156,7 +209,7 @@ class ProbeReport(KopeckModel):
         return (self.node, self.boot_id, self.seq)
 
 
-class ReportAck(KopeckModel):
+class ReportAck(ReportModel):
     """The operator's answer to a report."""
 
     accepted: bool
