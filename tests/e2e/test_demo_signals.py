@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from tests.support.procs import descendants, is_alive
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the demo's node needs root")
