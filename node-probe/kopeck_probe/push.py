@@ -5,6 +5,11 @@ attempt to send it, together with the counters it was computed from; it leaves t
 only when the operator acknowledges it. A restart therefore resends what was not
 acknowledged and resumes counting from the last report's counters. When the buffer is
 full the oldest reports are dropped and the next report carries a Gap saying which.
+
+A report the operator refuses (HTTP 4xx, or an ack with accepted=false) is never deleted
+for that: a probe and an operator of different versions may disagree about it for a while.
+It stays in the buffer marked refused, is counted and logged, and is offered again after
+`retry_refused_s` and after every restart; only the buffer bound can drop it, with a Gap.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from kopeck.api.report import Gap, ProbeReport, ReportAck
+from kopeck.api.report import REPLAY_HORIZON_REPORTS, Gap, ProbeReport, ReportAck
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,8 @@ CREATE TABLE IF NOT EXISTS reports (
     gaps TEXT NOT NULL DEFAULT '[]',
     created REAL NOT NULL,
     resend INTEGER NOT NULL DEFAULT 0,
+    refused_at REAL,
+    refusal TEXT,
     UNIQUE (boot_id, seq)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -75,22 +82,41 @@ def _runs(seqs: Sequence[tuple[str, int]]) -> list[tuple[str, int, int]]:
 class ReportBuffer:
     """The bounded write-ahead buffer of unacknowledged reports (thread-safe)."""
 
-    def __init__(self, path: Path, boot_id: str, max_reports: int = 10_000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        boot_id: str,
+        max_reports: int = 10_000,
+        retry_refused_s: float = 600.0,
+    ) -> None:
         if max_reports < 1:
             raise ValueError("max_reports must be at least 1")
+        if max_reports > REPLAY_HORIZON_REPORTS:
+            # The operator settles seqs older than this many reports: a longer buffer could
+            # resend a report the operator no longer tells apart from a folded one.
+            raise ValueError(
+                f"wal max reports {max_reports} exceeds the replay horizon "
+                f"{REPLAY_HORIZON_REPORTS}; set --wal-max-reports to at most that"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.boot_id = boot_id
         self.max_reports = max_reports
+        self.retry_refused_s = retry_refused_s
         self.dropped = 0
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(reports)")}
+        for name, kind in (("refused_at", "REAL"), ("refusal", "TEXT")):
+            if name not in columns:  # a buffer written by a probe before refusals were kept
+                self._db.execute(f"ALTER TABLE reports ADD COLUMN {name} {kind}")
         with self._txn():
-            # Whatever is here was written by an earlier run: mark it for resending.
-            self._db.execute("UPDATE reports SET resend = 1")
+            # Whatever is here was written by an earlier run: mark it for resending, and
+            # offer refused reports again (the operator or this probe may be newer now).
+            self._db.execute("UPDATE reports SET resend = 1, refused_at = NULL")
             if self._meta("boot_id") != boot_id:
                 self._set_meta("boot_id", boot_id)
                 self._set_meta("next_seq", "0")
@@ -183,12 +209,15 @@ class ReportBuffer:
             self._db.execute("INSERT INTO pending_gaps VALUES (?, ?, ?)", (boot, a, b))
         self.dropped += len(rows)
 
-    def pending(self, limit: int = 100) -> list[PendingReport]:
-        """The oldest unacknowledged reports; those from an earlier run marked as resends."""
+    def pending(self, limit: int = 100, now: float | None = None) -> list[PendingReport]:
+        """The oldest unacknowledged reports to send now; those from an earlier run marked as
+        resends, refused ones only once `retry_refused_s` has passed since the refusal."""
+        retry_before = (time.time() if now is None else now) - self.retry_refused_s
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, boot_id, seq, body, resend, created FROM reports ORDER BY id LIMIT ?",
-                (limit,),
+                "SELECT id, boot_id, seq, body, resend, created FROM reports "
+                "WHERE refused_at IS NULL OR refused_at <= ? ORDER BY id LIMIT ?",
+                (retry_before, limit),
             ).fetchall()
         out: list[PendingReport] = []
         for row_id, boot, seq, body, resend, created in rows:
@@ -204,8 +233,25 @@ class ReportBuffer:
         with self._lock:
             self._db.execute("DELETE FROM reports WHERE id = ?", (row_id,))
 
+    def refuse(self, row_id: int, reason: str, now: float | None = None) -> None:
+        """The operator refused the report: keep it, marked, to offer again later."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE reports SET refused_at = ?, refusal = ? WHERE id = ?",
+                (time.time() if now is None else now, reason, row_id),
+            )
+
+    def refused(self) -> list[tuple[str, int, str]]:
+        """(boot_id, seq, reason) of the reports held after a refusal, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT boot_id, seq, refusal FROM reports "
+                "WHERE refused_at IS NOT NULL ORDER BY id"
+            ).fetchall()
+        return [(str(b), int(q), str(r or "")) for b, q, r in rows]
+
     def reject(self, row_id: int) -> None:
-        """The operator refused the report for good: drop it and record the gap."""
+        """Drop a report on purpose and record the gap (never done for a mere refusal)."""
         with self._lock, self._txn():
             rows = self._db.execute(
                 "SELECT id, boot_id, seq, gaps FROM reports WHERE id = ?", (row_id,)
@@ -302,6 +348,9 @@ class PushStats:
     sent: int = 0
     failures: int = 0
     rejected: int = 0
+    """Reports dropped after a refusal (kept at 0: refused reports stay buffered)."""
+    refused: int = 0
+    """Refusals by the operator (4xx or accepted=false); the reports stay in the buffer."""
     duplicates: int = 0
 
 
@@ -339,17 +388,23 @@ class Pusher:
                     if exc.retryable:
                         log.warning("push of report seq %d failed: %s", item.seq, exc)
                         return False
-                    log.error("ingest refused report seq %d for good: %s", item.seq, exc)
-                    self.stats.rejected += 1
-                    self.buffer.reject(item.row_id)
+                    self._refused(item, str(exc))
                     continue
                 if ack.accepted:
                     self.stats.sent += 1
                     self.stats.duplicates += int(ack.duplicate)
                     self.buffer.ack(item.row_id)
                 else:
-                    self.stats.rejected += 1
-                    self.buffer.reject(item.row_id)
+                    self._refused(item, "ingest answered accepted=false")
+
+    def _refused(self, item: PendingReport, reason: str) -> None:
+        self.stats.refused += 1
+        self.buffer.refuse(item.row_id, reason)
+        log.error(
+            "ingest refused report %s/%d (%s); kept in the buffer and offered again in %.0f s "
+            "(%d refusals so far): check that probe and operator versions match",
+            item.boot_id, item.seq, reason, self.buffer.retry_refused_s, self.stats.refused,
+        )
 
     def run(self, stop: threading.Event) -> None:
         """Push until stop is set."""

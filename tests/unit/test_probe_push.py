@@ -134,7 +134,7 @@ class FakeTransport:
         return ReportAck(accepted=True)
 
 
-def test_pusher_retries_in_order_and_drops_refused(tmp_path: Path) -> None:
+def test_pusher_retries_in_order_and_keeps_refused(tmp_path: Path) -> None:
     buf = ReportBuffer(tmp_path / "w.db", "b")
     for _ in range(4):
         append(buf)
@@ -142,10 +142,71 @@ def test_pusher_retries_in_order_and_drops_refused(tmp_path: Path) -> None:
     pusher = Pusher(buf, tr)
     assert pusher.drain() is False and buf.count() == 4
     assert pusher.drain() is True
-    assert tr.got == [0, 1, 3] and buf.count() == 0
-    assert pusher.stats.failures == 2 and pusher.stats.rejected == 1
-    assert append(buf).gaps == [Gap(from_seq=2, to_seq=2)]
+    # a refused report (HTTP 400) is kept, counted and surfaced, not turned into a gap
+    assert tr.got == [0, 1, 3] and buf.count() == 1
+    assert pusher.stats.failures == 2 and pusher.stats.refused == 1
+    assert pusher.stats.rejected == 0 and buf.dropped == 0
+    assert buf.refused() == [("b", 2, "HTTP 400")]
+    assert append(buf).gaps == []
     buf.close()
+
+
+def test_refused_report_is_offered_again_later_and_after_restart(tmp_path: Path) -> None:
+    buf = ReportBuffer(tmp_path / "w.db", "b", retry_refused_s=60)
+    for _ in range(3):
+        append(buf)
+    tr = FakeTransport(refuse={1})
+    pusher = Pusher(buf, tr)
+    assert pusher.drain() is True
+    assert tr.got == [0, 2] and [p.seq for p in buf.pending()] == []
+    refused_at = float(buf._db.execute("SELECT refused_at FROM reports").fetchone()[0])
+    assert [p.seq for p in buf.pending(now=refused_at + 61)] == [1]
+    buf.close()
+    # after an upgrade the operator takes it: a restart offers it at once
+    buf = ReportBuffer(tmp_path / "w.db", "b", retry_refused_s=60)
+    assert [p.seq for p in buf.pending()] == [1] and buf.refused() == []
+    tr.refuse.clear()
+    assert Pusher(buf, tr).drain() is True
+    assert tr.got == [0, 2, 1] and buf.count() == 0
+    buf.close()
+
+
+def test_refused_reports_leave_only_through_the_buffer_bound(tmp_path: Path) -> None:
+    buf = ReportBuffer(tmp_path / "w.db", "b", max_reports=2)
+    append(buf)
+    pusher = Pusher(buf, FakeTransport(refuse={0, 1, 2}))
+    assert pusher.drain() is True and buf.count() == 1
+    append(buf)
+    assert pusher.drain() is True and buf.count() == 2
+    append(buf)  # the bound drops refused seq 0, and says so with a gap
+    assert buf.dropped == 1 and [s for _, s, _ in buf.refused()] == [1]
+    last = ProbeReport.model_validate_json(buf.pending()[-1].body)
+    assert last.seq == 2 and last.gaps == [Gap(from_seq=0, to_seq=0)]
+    buf.close()
+
+
+def test_buffer_of_an_older_probe_gains_the_refusal_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(str(tmp_path / "w.db"))
+    db.executescript(
+        "CREATE TABLE reports (id INTEGER PRIMARY KEY AUTOINCREMENT, boot_id TEXT NOT NULL,"
+        " seq INTEGER NOT NULL, body TEXT NOT NULL, gaps TEXT NOT NULL DEFAULT '[]',"
+        " created REAL NOT NULL, resend INTEGER NOT NULL DEFAULT 0, UNIQUE (boot_id, seq));"
+    )
+    db.close()
+    buf = ReportBuffer(tmp_path / "w.db", "b")
+    append(buf)
+    Pusher(buf, FakeTransport(refuse={0})).drain()
+    assert buf.refused() == [("b", 0, "HTTP 400")]
+    buf.close()
+
+
+def test_buffer_bound_must_fit_the_replay_horizon(tmp_path: Path) -> None:
+    from kopeck.api.report import REPLAY_HORIZON_REPORTS
+
+    with pytest.raises(ValueError, match="replay horizon"):
+        ReportBuffer(tmp_path / "w.db", "b", max_reports=REPLAY_HORIZON_REPORTS + 1)
 
 
 # -- HTTPS against a receiver started in the test ---------------------------------------
