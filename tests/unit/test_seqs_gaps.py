@@ -55,3 +55,22 @@ def test_old_encoding_still_reads() -> None:
     assert s.ranges == [(0, 41), (43, 50)] and s.encode() == "0-41,43-50"
     assert 42 not in s and 41 in s and 50 in s and 51 not in s
     assert REPLAY_HORIZON_REPORTS >= 17_280  # the probe's default buffer fits the horizon
+
+
+def test_allocation_status_round_trip_keeps_gaps() -> None:
+    import datetime as dt
+
+    from kopeck.accounting.ledger import Accumulator, WorkloadKey, from_status, status_patch
+    from kopeck.accounting.periods import period_at
+
+    t = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
+    period = period_at("Monthly", t)
+    acc = Accumulator(WorkloadKey("shop", "Deployment", "web", "apps/v1"), period)
+    for seq in range(0, 80, 2):
+        acc.mark("n1", "boot", seq, t)
+    acc.folded["n1/boot"].settle(9)
+    back = from_status(acc.key, period, status_patch(acc))
+    assert back.holds("n1", "boot", 5)  # settled: past the replay horizon
+    assert not back.holds("n1", "boot", 11) and not back.holds("n1", "boot", 79)
+    assert back.holds("n1", "boot", 78)
+    assert back.folded["n1/boot"].encode().startswith("..10,12,14")
