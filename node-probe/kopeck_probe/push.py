@@ -79,6 +79,19 @@ def _runs(seqs: Sequence[tuple[str, int]]) -> list[tuple[str, int, int]]:
     return out
 
 
+def _unset_new_fields(report: ProbeReport) -> set[str]:
+    """Fields of schema 1 left out while at their defaults, so an operator of the previous
+    version (which refuses unknown fields) still takes this probe's ordinary reports."""
+    out = set()
+    if report.schema_version == 1:
+        out.add("schema_version")
+    if not report.clock_step_seconds:
+        out.add("clock_step_seconds")
+    if not report.stalled_seconds:
+        out.add("stalled_seconds")
+    return out
+
+
 class ReportBuffer:
     """The bounded write-ahead buffer of unacknowledged reports (thread-safe)."""
 
@@ -177,7 +190,9 @@ class ReportBuffer:
                 (
                     report.boot_id,
                     report.seq,
-                    report.model_dump_json(by_alias=True, exclude_none=True),
+                    report.model_dump_json(
+                        by_alias=True, exclude_none=True, exclude=_unset_new_fields(report)
+                    ),
                     json.dumps([g.model_dump(mode="json") for g in gaps]),
                     time.time() if now is None else now,
                 ),

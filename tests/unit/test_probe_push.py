@@ -353,3 +353,28 @@ def test_https_refuses_untrusted_certificate(tmp_path: Path, receiver: Receiver)
         tr.send(make_report(0, []).model_dump_json(by_alias=True).encode())
     assert err.value.retryable
     assert receiver.reports == []
+
+
+def test_ordinary_reports_still_read_by_the_previous_operator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+    import subprocess
+    import sys
+
+    old_src = subprocess.run(
+        ["git", "show", "e29c354:operator/kopeck/api/report.py"],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2],
+    ).stdout
+    (tmp_path / "old_report.py").write_text(old_src)
+    spec = importlib.util.spec_from_file_location("old_report", tmp_path / "old_report.py")
+    assert spec is not None and spec.loader is not None
+    old = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "old_report", old)
+    spec.loader.exec_module(old)
+    buf = ReportBuffer(tmp_path / "w.db", "b")
+    append(buf)
+    body = buf.pending()[0].body
+    assert "schemaVersion" not in json.loads(body)
+    assert old.ProbeReport.model_validate_json(body).seq == 0
+    buf.close()
