@@ -47,6 +47,7 @@ from kopeck_probe.ebpf import (
 )
 from kopeck_probe.ebpf import syscall as sc
 from kopeck_probe.ebpf.asm import Assembler
+from tests.support.sandboxes import wait_listening
 
 pytestmark = pytest.mark.node
 
@@ -87,19 +88,6 @@ class Transfer:
     received: int
 
 
-def wait_listening(pod: PodSandbox, port: int = 5201, timeout: float = 10) -> None:
-    assert pod.netns is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run(
-            ["ip", "netns", "exec", pod.netns, "ss", "-Hltn", f"sport = :{port}"],
-            capture_output=True,
-            text=True,
-        ).stdout
-        if out.strip():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"iperf3 server in {pod.netns} not listening")
 
 
 def iperf3(client: PodSandbox, server: PodSandbox, reverse: bool) -> Transfer:

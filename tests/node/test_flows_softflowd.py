@@ -35,6 +35,7 @@ from kopeck.localcluster.sandbox import PodSandbox, SandboxHost
 from kopeck_probe.flows.classify import Location, NodePlacement, Topology
 from kopeck_probe.flows.collector import CollectorConfig, FlowCollector
 from kopeck_probe.flows.podmap import PodIPMap
+from tests.support.sandboxes import wait_listening
 
 pytestmark = pytest.mark.node
 
@@ -84,19 +85,6 @@ def wait_udp_bound(port: int, timeout: float = 10) -> None:
     raise TimeoutError(f"nothing bound UDP port {port}")
 
 
-def wait_listening(pod: PodSandbox, port: int = 5201, timeout: float = 10) -> None:
-    assert pod.netns is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run(
-            ["ip", "netns", "exec", pod.netns, "ss", "-Hltn", f"sport = :{port}"],
-            capture_output=True,
-            text=True,
-        ).stdout
-        if out.strip():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"iperf3 server in {pod.netns} not listening")
 
 
 def iperf3(client: PodSandbox, server: PodSandbox, *, reverse: bool = False) -> None:

@@ -46,6 +46,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kopeck.api.report import ProbeReport, ReportAck
 from kopeck.localcluster.sandbox import PodSandbox, SandboxHost
+from tests.support.sandboxes import wait_listening
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(300)]
 
@@ -229,19 +230,6 @@ def kernel_cpu_ns(pod: PodSandbox) -> int:
     return int(stat["usage_usec"]) * 1000
 
 
-def wait_listening(pod: PodSandbox, port: int = 5201, timeout: float = 10) -> None:
-    assert pod.netns is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run(
-            ["ip", "netns", "exec", pod.netns, "ss", "-Hltn", f"sport = :{port}"],
-            capture_output=True,
-            text=True,
-        ).stdout
-        if out.strip():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"iperf3 server in {pod.netns} not listening")
 
 
 def iperf3(client: PodSandbox, server: PodSandbox) -> tuple[int, int]:

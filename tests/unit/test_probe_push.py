@@ -359,15 +359,10 @@ def test_ordinary_reports_still_read_by_the_previous_operator(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import importlib.util
-    import subprocess
     import sys
 
-    old_src = subprocess.run(
-        ["git", "show", "e29c354:operator/kopeck/api/report.py"],
-        capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2],
-    ).stdout
-    (tmp_path / "old_report.py").write_text(old_src)
-    spec = importlib.util.spec_from_file_location("old_report", tmp_path / "old_report.py")
+    recorded = Path(__file__).parent / "recorded" / "report_model_0_1_0.py"
+    spec = importlib.util.spec_from_file_location("old_report", recorded)
     assert spec is not None and spec.loader is not None
     old = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "old_report", old)
