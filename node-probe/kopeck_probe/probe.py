@@ -44,6 +44,9 @@ from kopeck_probe.report import PodLabels, ReportContext, build_report, merge_ne
 
 log = logging.getLogger(__name__)
 
+CLOCK_STEP_TOLERANCE_S = 1.0
+"""Wall and monotonic interval lengths further apart than this mean the wall clock stepped."""
+
 
 def raise_fd_limit() -> None:
     """Up to eight files per pod cgroup stay open: lift the soft descriptor limit to the hard one."""
@@ -91,6 +94,7 @@ class Probe:
         self._limits: dict[str, CgroupLimits] = {}
         self._cycle = 0
         self._interval_start = dt.datetime.now(dt.UTC)
+        self._interval_mono = self.clock()
         self.cpu_seconds_sampling = 0.0
         self._oldest_buffered: float | None = None
         raise_fd_limit()
@@ -253,11 +257,17 @@ class Probe:
         directory = self.directory.snapshot()
         labels: dict[str, PodLabels] = {uid: m.labels() for uid, m in directory.items()}
         start, end = self._interval_start, dt.datetime.now(dt.UTC)
-        self._interval_start = end
+        mono = self.clock()
+        elapsed = mono - self._interval_mono
+        self._interval_start, self._interval_mono = end, mono
+        # Sent only when the wall clock stepped, so an operator of the previous version
+        # (which refuses unknown fields) still takes every ordinary report.
+        stepped = abs((end - start).total_seconds() - elapsed) > CLOCK_STEP_TOLERANCE_S
 
         def build(seq: int, gaps: list[Any]) -> ProbeReport:
             ctx = ReportContext(
-                self.cfg.node_name, self.boot_id, seq, start, end, trigger, self.node_info
+                self.cfg.node_name, self.boot_id, seq, start, end, trigger, self.node_info,
+                elapsed if stepped else None,
             )
             return build_report(ctx, intervals, labels, network, events or (), gaps)
 

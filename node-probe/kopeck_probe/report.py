@@ -43,6 +43,8 @@ class ReportContext:
     interval_end: dt.datetime
     trigger: Literal["periodic", "threshold", "resend"] = "periodic"
     node_info: NodeInfo | None = None
+    elapsed_seconds: float | None = None
+    """The interval on the monotonic clock; only when the wall clock disagrees (a step)."""
 
 
 def pod_usage(
@@ -99,6 +101,7 @@ def build_report(
         interval_end=ctx.interval_end,
         trigger=ctx.trigger,
         node_info=ctx.node_info,
+        elapsed_seconds=ctx.elapsed_seconds,
         pods=[pod_usage(p, labels.get(p.uid), network.get(p.uid, ())) for p in pods],
         events=list(events),
         gaps=list(gaps),

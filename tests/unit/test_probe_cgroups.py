@@ -3,6 +3,7 @@ plus the probe loop driven over the same fake trees with a fake clock."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import time
 from collections.abc import Iterator
@@ -544,3 +545,21 @@ def test_first_look_charges_from_zero_what_was_born_since_the_probe_started(
     assert got == pytest.approx({UID: 1.0, new_uid: 0.9, quiet_uid: 0.0})
     ctrs = {c.container_id: c.cpu_core_seconds for p in report.pods for c in p.containers}
     assert ctrs == pytest.approx({CID: 0.0, "cd" * 32: 0.3, "ef" * 32: 0.4})
+
+
+def test_a_wall_clock_step_backwards_keeps_the_interval_by_the_monotonic_clock(
+    probe_env: tuple[FakeTree, Probe, FakeClock],
+) -> None:
+    _tree, probe, clock = probe_env
+    probe.sample()
+    clock.t += 5
+    probe.sample()
+    # the wall clock is 30 s behind where the interval started (NTP stepped it back)
+    probe._interval_start = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
+    report = probe.cut_report()
+    assert report.elapsed_seconds == pytest.approx(5)
+    assert report.clock_step_seconds == pytest.approx(30, abs=1)
+    length = (report.interval_end - report.interval_start).total_seconds()
+    assert length == pytest.approx(5)
+    ordinary = probe.cut_report()  # no step: nothing new on the wire for older operators
+    assert ordinary.elapsed_seconds is None
