@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kopeck.api.report import TrafficClass
+from kopeck.api.report import REPLAY_HORIZON_REPORTS, TrafficClass
 
 SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 SA_CA = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
@@ -118,7 +118,7 @@ class ProbeConfig(BaseModel):
     """CA bundle to verify the operator's certificate (default: system store)."""
     wal_path: Path = Path("/var/lib/kopeck/probe.db")
     """SQLite write-ahead buffer of unacknowledged reports."""
-    wal_max_reports: int = Field(default=17_280, ge=1)
+    wal_max_reports: int = Field(default=17_280, ge=1, le=REPLAY_HORIZON_REPORTS)
     """Buffer bound (default: one day at 5 s); overflow drops the oldest and records a Gap."""
     metrics_port: int | None = Field(default=9102, ge=0, le=65535)
     """Port of /metrics (None: do not serve)."""

@@ -55,6 +55,7 @@ class Health:
     threshold_pushes: int = 0
     reports_buffered: int = 0
     reports_dropped: int = 0
+    refusals: int = 0
     pushes: int = 0
     push_failures: int = 0
     push_lag_seconds: float = 0.0
@@ -168,8 +169,13 @@ class ProbeMetrics(Collector):
         )
         yield CounterMetricFamily(
             "kopeck_probe_reports_dropped",
-            "Reports dropped by the full buffer or refused",
+            "Reports dropped by the full buffer (each leaves a Gap on the bill)",
             value=h.reports_dropped,
+        )
+        yield CounterMetricFamily(
+            "kopeck_probe_report_refusals",
+            "Reports the operator refused (4xx); they stay buffered and are offered again",
+            value=h.refusals,
         )
         yield CounterMetricFamily(
             "kopeck_probe_pushes", "Reports acknowledged by the operator", value=h.pushes

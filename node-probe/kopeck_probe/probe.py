@@ -299,10 +299,11 @@ class Probe:
             self._oldest_buffered = self.buffer.oldest_created()
         oldest = self._oldest_buffered
         h.push_lag_seconds = 0.0 if oldest is None else max(0.0, time.time() - oldest)
-        h.reports_dropped = self.buffer.dropped + (self.pusher.stats.rejected if self.pusher else 0)
+        h.reports_dropped = self.buffer.dropped
         if self.pusher is not None:
             h.pushes = self.pusher.stats.sent
             h.push_failures = self.pusher.stats.failures
+            h.refusals = self.pusher.stats.refused
 
     # -- main loop ---------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:

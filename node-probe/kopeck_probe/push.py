@@ -362,8 +362,6 @@ class PushStats:
 
     sent: int = 0
     failures: int = 0
-    rejected: int = 0
-    """Reports dropped after a refusal (kept at 0: refused reports stay buffered)."""
     refused: int = 0
     """Refusals by the operator (4xx or accepted=false); the reports stay in the buffer."""
     duplicates: int = 0

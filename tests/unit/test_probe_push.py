@@ -145,7 +145,7 @@ def test_pusher_retries_in_order_and_keeps_refused(tmp_path: Path) -> None:
     # a refused report (HTTP 400) is kept, counted and surfaced, not turned into a gap
     assert tr.got == [0, 1, 3] and buf.count() == 1
     assert pusher.stats.failures == 2 and pusher.stats.refused == 1
-    assert pusher.stats.rejected == 0 and buf.dropped == 0
+    assert buf.dropped == 0
     assert buf.refused() == [("b", 2, "HTTP 400")]
     assert append(buf).gaps == []
     buf.close()
@@ -373,3 +373,13 @@ def test_ordinary_reports_still_read_by_the_previous_operator(
     assert "schemaVersion" not in json.loads(body)
     assert old.ProbeReport.model_validate_json(body).seq == 0
     buf.close()
+
+
+def test_a_buffer_bound_past_the_replay_horizon_is_refused_at_configuration() -> None:
+    from pydantic import ValidationError
+
+    from kopeck.api.report import REPLAY_HORIZON_REPORTS
+    from kopeck_probe.config import ProbeConfig
+
+    with pytest.raises(ValidationError, match="wal_max_reports"):
+        ProbeConfig(node_name="n", wal_max_reports=REPLAY_HORIZON_REPORTS + 1)
