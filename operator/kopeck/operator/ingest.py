@@ -1,7 +1,7 @@
 """The HTTPS ingest endpoint for probe reports: authenticate, validate, fold, checkpoint, ack.
 
-Only a ServiceAccount token of an allowed probe account is accepted (TokenReview, cached
-briefly by token hash; the token itself is never logged or kept). A malformed body gets
+Only a pod-bound ServiceAccount token of an allowed probe account, for kopeck's audience
+and the report's node, is accepted (probe_auth; the token is never logged or kept). A malformed body gets
 400, a duplicate (node, bootId, seq) an ack with duplicate=true, and nothing a client
 sends can crash the server: unexpected errors are counted and answered with 500.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import logging
 import time
 from collections import deque
@@ -32,6 +31,7 @@ from kopeck.operator.conditions import post_event, set_condition
 from kopeck.operator.fold import fold_report, resolve_pod
 from kopeck.operator.kube import ApiError
 from kopeck.operator.pods import fetch_pod
+from kopeck.operator.probe_auth import ProbeAuthenticator, Refusal
 from kopeck.operator.state import State, period_kind, spawn, utcnow
 
 log = logging.getLogger("kopeck.ingest")
@@ -40,38 +40,6 @@ MAX_BODY_BYTES = 64 * 2**20
 MAX_INTERVAL = dt.timedelta(hours=1)
 RATE_WINDOW_SECONDS = 300.0
 """Spend rates (for forecasts and admission) are measured over this trailing window."""
-
-
-class TokenReviewer:
-    """Who a bearer token belongs to, per the apiserver; answers cached by token hash."""
-
-    def __init__(self, state: State) -> None:
-        self.state = state
-        self._cache: dict[str, tuple[float, str | None]] = {}
-        self.reviews = 0
-
-    async def username(self, token: str) -> str | None:
-        """The authenticated username, or None when the token is not valid."""
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        self.reviews += 1
-        review = await self.state.kube.create(
-            "/apis/authentication.k8s.io/v1/tokenreviews",
-            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-             "spec": {"token": token}},
-        )
-        status = review.get("status") or {}
-        user = (status.get("user") or {}).get("username") if status.get("authenticated") else None
-        ttl = self.state.settings.token_cache_seconds if user else min(
-            5.0, self.state.settings.token_cache_seconds
-        )
-        if len(self._cache) > 10_000:
-            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-        self._cache[digest] = (now + ttl, user)
-        return user
 
 
 class Ingest:
@@ -85,7 +53,7 @@ class Ingest:
     ) -> None:
         self.state = state
         self.checkpointer = checkpointer
-        self.reviewer = TokenReviewer(state)
+        self.reviewer = ProbeAuthenticator(state)
         self.on_hits = on_hits
 
     def app(self) -> web.Application:
@@ -120,17 +88,13 @@ class Ingest:
             metrics.REPORTS.labels("unauthorized").inc()
             return _error(401, "a ServiceAccount bearer token is required", challenge=True)
         try:
-            user = await self.reviewer.username(auth[7:].strip())
+            probe = await self.reviewer.authenticate(auth[7:].strip())
         except (TimeoutError, ApiError, OSError) as exc:
             log.warning("TokenReview failed: %s", exc)
             metrics.REPORTS.labels("error").inc()
             return _error(503, "cannot verify the token now; retry")
-        if user is None:
-            metrics.REPORTS.labels("unauthorized").inc()
-            return _error(401, "the token is not valid", challenge=True)
-        if user not in state.settings.probe_accounts:
-            metrics.REPORTS.labels("forbidden").inc()
-            return _error(403, f"{user} may not post probe reports")
+        if isinstance(probe, Refusal):
+            return _refuse(probe)
         if not state.active:
             metrics.REPORTS.labels("inactive").inc()
             return _error(503, "this operator replica is on standby; retry", retry_after=1)
@@ -149,6 +113,8 @@ class Ingest:
             metrics.REPORTS.labels("malformed").inc()
             return _error(400, "malformed report: intervalEnd must follow intervalStart "
                                "by at most 1h")
+        if (refusal := self.reviewer.node_refusal(probe, report.node)) is not None:
+            return _refuse(refusal)
         await self._learn_pods(report)
         now = utcnow()
         result = fold_report(state, report, now)
@@ -270,6 +236,12 @@ def _short(exc: Exception) -> str:
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errs
         )
     return str(exc)[:200]
+
+
+def _refuse(refusal: Refusal) -> web.Response:
+    metrics.REPORTS.labels(refusal.outcome).inc()
+    return _error(refusal.status, refusal.reason, challenge=refusal.status == 401,
+                  retry_after=refusal.retry_after)
 
 
 def _error(

@@ -32,6 +32,16 @@ class Settings:
     probe_service_accounts: str = "kopeck-system:kopeck-node-probe"
     """Comma-separated namespace:name of ServiceAccounts whose tokens may post reports."""
     token_cache_seconds: float = 30.0
+    """Seconds a reviewed good token is trusted again (never past the token's expiry)."""
+    probe_audience: str = "kopeck-ingest"
+    """Audience of the probes' projected tokens (TokenReview spec.audiences); empty accepts
+    tokens for the apiserver's own audience (not recommended)."""
+    require_node_binding: bool = True
+    """Refuse tokens not bound to a Pod, and reports for another node than the token's."""
+    token_review_rate: float = 5.0
+    """TokenReviews of unknown tokens per second (token bucket; 429 beyond)."""
+    token_review_burst: float = 20.0
+    """Burst of TokenReviews of unknown tokens allowed at once."""
     checkpoint_interval: float = 0.5
     """Batching delay of status checkpoints; a report is acknowledged once checkpointed."""
     probe_interval: float = 5.0
@@ -50,6 +60,10 @@ class Settings:
     webhook_config: str = "kopeck.cost.kopeck.io"
     """Name of the ValidatingWebhookConfiguration the operator manages."""
     webhook_timeout: int = 5
+    webhook_client_ca: Path | None = None
+    """PEM CA bundle that signed the apiserver's webhook client certificate: with it the
+    webhook requires that certificate (mutual TLS) and refuses every other caller; unset,
+    anyone who can reach the port can call the webhook (a warning is logged)."""
     webhook_service: str | None = None
     """namespace/name:port of a Service in front of the webhook; the configuration then names
     that Service (the apiserver resolves it itself) instead of a URL."""

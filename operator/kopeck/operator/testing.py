@@ -71,6 +71,8 @@ class OperatorProcess:
             "--cert-dir", str(self.cert_dir),
             "--probe-service-accounts", self.probe_accounts,
             "--webhook-config", self.webhook_config,
+            # probe_token's plain tokens; tests of the node binding pass the product defaults
+            "--probe-audience", "", "--no-require-node-binding",
             *self.extra,
         ]
 
