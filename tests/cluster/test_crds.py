@@ -137,6 +137,61 @@ INVALID: list[tuple[str, Callable[[Spec], None], str, str]] = [
     ("unknown-field", _set("budget.limit", 5), "spec.budget.limit", "unknown field"),
 ]  # fmt: skip
 
+# What the operator could not use (a selector the apiserver refuses in the webhook
+# configuration, a number that breaks the arithmetic): refused by the schema AND the models.
+UNUSABLE: list[tuple[str, Callable[[Spec], None], str, str]] = [
+    ("selector-in-without-values",
+     _set("scope.namespaceSelector", {"matchExpressions": [{"key": "team", "operator": "In"}]}),
+     "spec.scope.namespaceSelector.matchExpressions[0].values", "non-empty for operator In"),
+    ("selector-in-empty-values", _set("scope.namespaceSelector", {
+        "matchExpressions": [{"key": "team", "operator": "In", "values": []}]}),
+     "spec.scope.namespaceSelector.matchExpressions[0].values", "non-empty for operator In"),
+    ("selector-exists-with-values", _set("scope.namespaceSelector", {
+        "matchExpressions": [{"key": "team", "operator": "Exists", "values": ["a"]}]}),
+     "spec.scope.namespaceSelector.matchExpressions[0].values", "left out"),
+    ("selector-operator-unknown", _set("scope.namespaceSelector", {
+        "matchExpressions": [{"key": "team", "operator": "Like", "values": ["a"]}]}),
+     "spec.scope.namespaceSelector.matchExpressions[0].operator", "Unsupported"),
+    ("selector-key-bad", _set("scope.namespaceSelector", {
+        "matchExpressions": [{"key": "bad key!", "operator": "Exists"}]}),
+     "spec.scope.namespaceSelector.matchExpressions[0].key", "should match"),
+    ("selector-key-prefix-too-long", _set("scope.selector", {
+        "matchExpressions": [{"key": "a" * 254 + "/x", "operator": "Exists"}]}),
+     "spec.scope.selector.matchExpressions[0].key", "prefix before '/'"),
+    ("selector-label-key-bad", _set("scope.namespaceSelector", {"matchLabels": {"bad key!": "a"}}),
+     "spec.scope.namespaceSelector.matchLabels", "must be a label key"),
+    ("selector-label-value-too-long",
+     _set("scope.namespaceSelector", {"matchLabels": {"team": "a" * 64}}),
+     "spec.scope.namespaceSelector.matchLabels.team", "at most 63"),
+    ("selector-value-bad", _set("scope.namespaceSelector", {
+        "matchExpressions": [{"key": "team", "operator": "In", "values": ["-a-"]}]}),
+     "spec.scope.namespaceSelector.matchExpressions[0].values[0]", "should match"),
+    ("exemption-namespace-bad", _set("exemptions", {"namespaces": ["Not_A_Namespace"]}),
+     "spec.exemptions.namespaces[0]", "should match"),
+    ("node-selector-key-bad", _set("pricing.nodeOverrides", [
+        {"nodeSelector": {"bad key!": "x"}, "pricePerHour": 1}]),
+     "spec.pricing.nodeOverrides[0].nodeSelector", "must be a label key"),
+    ("instance-type-bad", _set("pricing.priceBook", {"instanceTypes": {"m5 large!": 1}}),
+     "spec.pricing.priceBook.instanceTypes", "label values"),
+    ("amount-huge", _set("budget.amount", 1e300), "spec.budget.amount", "less than or equal to"),
+    ("rate-huge", _set("pricing.rateCard.cpuCoreHour", 1e300),
+     "spec.pricing.rateCard.cpuCoreHour", "less than or equal to"),
+    ("ratio-zero", _set("pricing.priceBook", {"instanceTypes": {"m5": 1},
+                                              "cpuToMemoryCostRatio": 0}),
+     "spec.pricing.priceBook.cpuToMemoryCostRatio", "greater than or equal to 0.001"),
+    ("multiplier-huge", _set("anomaly.staticThresholdMultiplier", 1e300),
+     "spec.anomaly.staticThresholdMultiplier", "less than or equal to"),
+    ("min-samples-huge", _set("rightsizing.minSamples", 10**12),
+     "spec.rightsizing.minSamples", "less than or equal to"),
+    ("quantity-exponent", _set("rightsizing.minCpu", "1e999999"),
+     "spec.rightsizing.minCpu", "should match"),
+    ("duration-huge", _set("rightsizing.historyWindow", "99999999999w"),
+     "spec.rightsizing.historyWindow", "should match"),
+    ("time-zone-bad", _set("windows", [{"start": "08:00", "end": "09:00", "timeZone": "a b"}]),
+     "spec.windows[0].timeZone", "should match"),
+]  # fmt: skip
+INVALID += UNUSABLE
+
 
 def test_base_policy_is_accepted(cluster: ClusterHandle) -> None:
     """The invalid cases below differ from this accepted one only by their mutation."""
@@ -147,10 +202,29 @@ def test_base_policy_is_accepted(cluster: ClusterHandle) -> None:
         cluster.kubectl("delete", "costpolicy", name, "--ignore-not-found")
 
 
+def test_policy_name_too_long_for_its_webhook_is_refused(cluster: ClusterHandle) -> None:
+    """<name>.budget.cost.kopeck.io must fit the 253 characters of a webhook name."""
+    name = "n" * 232
+    out = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_base_policy(name)),
+                          check=False)
+    assert out.returncode != 0, out.stdout
+    assert "at most 231 characters" in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize(
     ("mutate", "field", "words"),
-    [pytest.param(m, f, w, id=i) for i, m, f, w in INVALID],
+    [pytest.param(m, f, w, id=i) for i, m, f, w in UNUSABLE],
 )
+def test_invalid_policy_is_refused_by_the_models_too(
+    mutate: Callable[[Spec], None], field: str, words: str
+) -> None:
+    """The operator reads specs with the same rules: what the schema refuses, so do they."""
+    doc = _base_policy("x")
+    mutate(doc["spec"])
+    with pytest.raises(ValueError):
+        CostPolicySpec.model_validate(doc["spec"])
+
+
 def test_invalid_policy_is_refused_naming_the_field(
     cluster: ClusterHandle, mutate: Callable[[Spec], None], field: str, words: str
 ) -> None:

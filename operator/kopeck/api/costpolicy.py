@@ -6,20 +6,26 @@ rules below, is generated from these models by ``kopeck crds``.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from kopeck.api.common import (
     Condition,
-    Duration,
     KopeckModel,
     LabelSelector,
+    LabelSelectorRequirement,
     MoneyString,
-    PositiveDecimal,
-    Price,
-    Quantity,
     StatusModel,
     Timestamp,
 )
@@ -31,6 +37,181 @@ Gate = Literal["Rightsizing", "Enforcement"]
 DEFAULT_GATES: tuple[Gate, ...] = ("Rightsizing",)
 WORKDAYS: tuple[Weekday, ...] = ("Mon", "Tue", "Wed", "Thu", "Fri")
 HHMM = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", max_length=5)]
+
+# Label syntax exactly as Kubernetes validates it (apimachinery IsQualifiedName and
+# IsValidLabelValue): a selector the apiserver would refuse in the webhook configuration
+# must already be refused at `kubectl apply`.
+LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+LABEL_KEY_PATTERN = rf"^({DNS_SUBDOMAIN}/)?{LABEL_NAME}$"
+LABEL_KEY_MAX = 253 + 1 + 63
+LABEL_PREFIX_MAX = 253
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LABEL_VALUE_MAX = 63
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+MAX_LABELS = 64
+MAX_VALUES = 256
+POLICY_NAME_MAX = 231
+"""`<name>.budget.cost.kopeck.io` names the policy's webhook and must stay <= 253 chars."""
+
+_KEY_CEL = (
+    f"k.matches(r'{LABEL_KEY_PATTERN}') && size(k) <= {LABEL_KEY_MAX} && "
+    f"(!k.contains('/') || k.indexOf('/') <= {LABEL_PREFIX_MAX})"
+)
+_VALUE_CEL = f"size(v) <= {LABEL_VALUE_MAX} && v.matches(r'{LABEL_VALUE_PATTERN}')"
+
+
+def label_key_problem(key: str) -> str | None:
+    """Why Kubernetes would refuse `key` as a label key, or None."""
+    if not re.match(LABEL_KEY_PATTERN, key) or len(key) > LABEL_KEY_MAX:
+        return (f"label key {key!r} is not a qualified name: an optional DNS-subdomain "
+                "prefix and '/', then at most 63 of [A-Za-z0-9-_.] starting and ending "
+                "alphanumeric")
+    if "/" in key and key.index("/") > LABEL_PREFIX_MAX:
+        return f"label key {key!r}: the prefix before '/' is longer than 253 characters"
+    return None
+
+
+def label_value_problem(value: str) -> str | None:
+    """Why Kubernetes would refuse `value` as a label value, or None."""
+    if len(value) > LABEL_VALUE_MAX or not re.match(LABEL_VALUE_PATTERN, value):
+        return (f"label value {value[:80]!r} is not valid: at most 63 of [A-Za-z0-9-_.], "
+                "starting and ending alphanumeric (or empty)")
+    return None
+
+
+def _check_key(key: str) -> str:
+    problem = label_key_problem(key)
+    if problem:
+        raise ValueError(problem)
+    return key
+
+
+def _check_labels(labels: dict[str, str] | None) -> dict[str, str] | None:
+    for key, value in (labels or {}).items():
+        problem = label_key_problem(key) or label_value_problem(value)
+        if problem:
+            raise ValueError(problem)
+    return labels
+
+
+LabelKey = Annotated[
+    str,
+    AfterValidator(_check_key),
+    Field(
+        min_length=1,
+        max_length=LABEL_KEY_MAX,
+        pattern=LABEL_KEY_PATTERN,
+        json_schema_extra={
+            "x-kubernetes-validations": [{
+                "rule": f"!self.contains('/') || self.indexOf('/') <= {LABEL_PREFIX_MAX}",
+                "message": "the label key prefix before '/' must be at most 253 characters",
+            }]
+        },
+    ),
+]
+LabelValue = Annotated[str, Field(max_length=LABEL_VALUE_MAX, pattern=LABEL_VALUE_PATTERN)]
+LabelMap = Annotated[
+    dict[str, LabelValue],
+    AfterValidator(_check_labels),
+    Field(
+        max_length=MAX_LABELS,
+        json_schema_extra={
+            "x-kubernetes-validations": [{
+                "rule": f"self.all(k, {_KEY_CEL})",
+                "message": "every key must be a label key: an optional DNS-subdomain prefix "
+                "(<= 253) and '/', then a name of at most 63 of [A-Za-z0-9-_.] starting and "
+                "ending alphanumeric",
+            }]
+        },
+    ),
+]
+"""Label keys and values as Kubernetes accepts them in a selector or on an object."""
+
+DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
+"""A namespace name."""
+
+
+# Upper bounds keep every figure the operator derives (x 100, x replicas, / hours) inside
+# Decimal's and float's range, so no value the schema accepts breaks the arithmetic.
+Price = Annotated[
+    Decimal,
+    Field(ge=0, le=1_000_000, allow_inf_nan=False),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1000000}),
+]
+"""A price per unit or per node-hour, at most a million (parsed exactly as Decimal)."""
+Amount = Annotated[
+    Decimal,
+    Field(gt=0, le=10**12, allow_inf_nan=False),
+    WithJsonSchema({"type": "number", "exclusiveMinimum": True, "minimum": 0,
+                    "maximum": 1000000000000}),
+]
+"""A budget per period: more than 0, at most 10^12."""
+Ratio = Annotated[
+    Decimal,
+    Field(ge=Decimal("0.001"), le=1000, allow_inf_nan=False),
+    WithJsonSchema({"type": "number", "minimum": 0.001, "maximum": 1000}),
+]
+"""A multiplier or ratio between 0.001 and 1000."""
+
+QUANTITY_BOUNDED = r"^(([0-9]{1,9}(\.[0-9]{1,9})?)|(\.[0-9]{1,9}))(([KMGTPE]i)|[numkMGTPE])?$"
+Quantity = Annotated[
+    str,
+    BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v),
+    Field(pattern=QUANTITY_BOUNDED, max_length=24),
+    WithJsonSchema({
+        "x-kubernetes-int-or-string": True,
+        "anyOf": [{"type": "integer", "minimum": 0, "maximum": 1000000000},
+                  {"type": "string", "maxLength": 24}],
+        "pattern": QUANTITY_BOUNDED,
+    }),
+]
+"""A non-negative resource quantity such as ``250m`` or ``512Mi`` (no exponent form)."""
+Duration = Annotated[
+    str, Field(pattern=r"^([0-9]{1,4}(\.[0-9]{1,3})?(ms|s|m|h|d|w))+$", max_length=32)
+]
+"""A duration such as ``168h``, ``7d`` or ``1h30m``; small enough for datetime arithmetic."""
+
+
+class SelectorRequirement(LabelSelectorRequirement):
+    """One set-based requirement, checked as the apiserver checks a webhook's selector."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [{
+                "rule": "self.operator in ['In', 'NotIn'] ? "
+                "(has(self.values) && size(self.values) > 0) : "
+                "(!has(self.values) || size(self.values) == 0)",
+                "message": "values must be non-empty for operator In and NotIn and left out "
+                "for Exists and DoesNotExist",
+                "fieldPath": ".values",
+            }]
+        }
+    )
+
+    key: LabelKey
+    """The label key the requirement applies to."""
+    values: list[LabelValue] | None = Field(default=None, max_length=MAX_VALUES)
+    """Values for In and NotIn; must be empty for Exists and DoesNotExist."""
+
+    @model_validator(mode="after")
+    def _values_fit_operator(self) -> SelectorRequirement:
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise ValueError(f"values must be non-empty for operator {self.operator}")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise ValueError(f"values must be left out for operator {self.operator}")
+        return self
+
+
+class PolicySelector(LabelSelector):
+    """A label selector the apiserver accepts as a webhook namespaceSelector."""
+
+    match_labels: LabelMap | None = None
+    """Labels that must all be present with these values."""
+    match_expressions: list[SelectorRequirement] | None = Field(  # type: ignore[assignment]
+        default=None, max_length=MAX_LABELS
+    )
+    """Set-based requirements that must all hold."""
 
 
 class Scope(KopeckModel):
@@ -52,9 +233,9 @@ class Scope(KopeckModel):
         }
     )
 
-    namespace_selector: LabelSelector = Field(default_factory=LabelSelector)
+    namespace_selector: PolicySelector = Field(default_factory=PolicySelector)
     """Namespaces the policy applies to; an empty selector matches every namespace."""
-    selector: LabelSelector | None = None
+    selector: PolicySelector | None = None
     """Optional workload label selector; when given it must not be empty."""
     priority: int = Field(default=0, ge=0, le=1000)
     """The highest-priority matching policy wins; ties are broken by name."""
@@ -91,18 +272,37 @@ class RateCard(KopeckModel):
 class PriceBook(KopeckModel):
     """Whole-node prices by instance type, split into CPU and memory as OpenCost does."""
 
-    instance_types: dict[str, Price] = Field(min_length=1)
+    instance_types: dict[str, Price] = Field(
+        min_length=1,
+        max_length=1000,
+        json_schema_extra={
+            "x-kubernetes-validations": [{
+                "rule": f"self.all(v, {_VALUE_CEL})",
+                "message": "instance types are label values: at most 63 of [A-Za-z0-9-_.], "
+                "starting and ending alphanumeric",
+            }]
+        },
+    )
     """Price per hour of a node, keyed by its node.kubernetes.io/instance-type label."""
+    @field_validator("instance_types")
+    @classmethod
+    def _instance_types_are_label_values(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        for key in value:
+            problem = label_value_problem(key)
+            if problem:
+                raise ValueError(f"instance type: {problem}")
+        return value
+
     default_price_per_hour: Price | None = None
     """Price per hour of a node whose instance type is not listed."""
-    cpu_to_memory_cost_ratio: PositiveDecimal = Decimal(8)
+    cpu_to_memory_cost_ratio: Ratio = Decimal(8)
     """How many GiB-hours of memory cost as much as one core-hour."""
 
 
 class NodeOverride(KopeckModel):
     """Prices for the nodes that carry given labels (spot pools, reserved capacity, GPUs)."""
 
-    node_selector: dict[str, str] = Field(min_length=1)
+    node_selector: LabelMap = Field(min_length=1)
     """Labels a node must carry for this override to apply."""
     rate_card: RateCard | None = None
     """Rate card for these nodes."""
@@ -130,7 +330,7 @@ class Pricing(KopeckModel):
     """Per-resource prices."""
     price_book: PriceBook | None = None
     """Per-instance-type node prices."""
-    node_overrides: list[NodeOverride] | None = None
+    node_overrides: list[NodeOverride] | None = Field(default=None, max_length=100)
     """Per-node price overrides chosen by node labels; the first match wins."""
 
 
@@ -149,7 +349,7 @@ class Budget(KopeckModel):
         }
     )
 
-    amount: PositiveDecimal
+    amount: Amount
     """The budget for one period, in the policy's currency."""
     period: BudgetPeriod = "Monthly"
     """Daily, Weekly (from Monday 00:00 UTC) or Monthly (calendar month, UTC)."""
@@ -167,9 +367,9 @@ class Budget(KopeckModel):
 class Exemptions(KopeckModel):
     """Workloads that budgets and rightsizing leave alone."""
 
-    namespaces: list[str] | None = None
+    namespaces: list[DnsLabel] | None = Field(default=None, max_length=MAX_VALUES)
     """Namespaces never enforced against nor proposed for."""
-    selector: LabelSelector | None = None
+    selector: PolicySelector | None = None
     """Workloads whose labels match are exempt."""
 
 
@@ -187,7 +387,7 @@ class TimeWindow(KopeckModel):
         }
     )
 
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=63)
     """A label for humans."""
     days: list[Weekday] = Field(default_factory=lambda: list(WORKDAYS), min_length=1)
     """Days of the week the window is open."""
@@ -195,11 +395,13 @@ class TimeWindow(KopeckModel):
     """Start time, HH:MM."""
     end: HHMM
     """End time, HH:MM (exclusive)."""
-    time_zone: str = "UTC"
+    time_zone: str = Field(
+        default="UTC", max_length=64, pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$"
+    )
     """IANA time zone of start and end, e.g. Europe/Berlin."""
     applies_to: list[Gate] = Field(default_factory=lambda: list(DEFAULT_GATES), min_length=1)
     """What the window suspends."""
-    selector: LabelSelector | None = None
+    selector: PolicySelector | None = None
     """Only workloads matching this selector are affected; all when left out."""
 
 
@@ -214,7 +416,7 @@ class Rightsizing(KopeckModel):
     """The memory request proposed is the peak plus this much."""
     history_window: Duration = "168h"
     """How much history the recommender considers."""
-    min_samples: int = Field(default=12, ge=1)
+    min_samples: int = Field(default=12, ge=1, le=100000)
     """No proposal before this many reports of a container."""
     min_cpu: Quantity = "10m"
     """Smallest CPU request ever proposed."""
@@ -229,9 +431,9 @@ class Anomaly(KopeckModel):
     """Turn detection off for noisy, spiky namespaces."""
     sensitivity: Literal["Low", "Medium", "High"] = "Medium"
     """High flags smaller deviations from the baseline."""
-    warm_up_samples: int = Field(default=12, ge=1)
+    warm_up_samples: int = Field(default=12, ge=1, le=100000)
     """Reports needed before the baseline is trusted; until then the static threshold applies."""
-    static_threshold_multiplier: PositiveDecimal = Decimal(5)
+    static_threshold_multiplier: Ratio = Decimal(5)
     """During warm-up: a spend rate this many times the budget's even rate is an anomaly."""
 
 

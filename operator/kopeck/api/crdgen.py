@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from kopeck.api.allocation import AllocationSpec, AllocationStatus
 from kopeck.api.common import GROUP, VERSION
-from kopeck.api.costpolicy import CostPolicySpec, CostPolicyStatus
+from kopeck.api.costpolicy import POLICY_NAME_MAX, CostPolicySpec, CostPolicyStatus
 
 _DROP_KEYS = {"title", "additionalProperties"}
 
@@ -112,6 +112,7 @@ def _crd(
     status: type[BaseModel],
     columns: list[dict[str, Any]],
     description: str,
+    root_rules: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     spec_schema = openapi_schema(spec)
     status_schema = openapi_schema(status, defaults=False)
@@ -144,6 +145,7 @@ def _crd(
                             "type": "object",
                             "description": description,
                             "required": ["spec"],
+                            **({"x-kubernetes-validations": root_rules} if root_rules else {}),
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
@@ -170,6 +172,11 @@ def costpolicy_crd() -> dict[str, Any]:
         status=CostPolicyStatus,
         description="CostPolicy sets prices, a budget and its enforcement, rightsizing and "
         "anomaly detection for the namespaces it selects.",
+        root_rules=[{
+            "rule": f"size(self.metadata.name) <= {POLICY_NAME_MAX}",
+            "message": f"metadata.name must be at most {POLICY_NAME_MAX} characters: it names "
+            "the policy's admission webhook <name>.budget.cost.kopeck.io (at most 253)",
+        }],
         columns=[
             {"name": "Budget", "type": "number", "jsonPath": ".spec.budget.amount"},
             {"name": "Period", "type": "string", "jsonPath": ".spec.budget.period"},
