@@ -304,7 +304,7 @@ def test_template_and_stream_floods_stay_bounded() -> None:
     for domain in range(1, 10):
         d.feed(c.ipfix([TPL], seq=0, domain=domain), EXP)
     assert len(d.streams) == 4
-    assert d.drops["stream_limit"] == 6
+    assert d.drops["stream_evicted"] == 6  # LRU eviction replaced refusal ("stream_limit")
     assert len(d.flush()) == 2
 
 

@@ -18,13 +18,15 @@ Nothing raises: the collector must survive anything on the wire.
 from __future__ import annotations
 
 import struct
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from kopeck_probe.flows.templates import (
+    MAX_TEMPLATE_FIELDS,
     VARLEN,
     FieldSpec,
     RecordError,
@@ -33,6 +35,7 @@ from kopeck_probe.flows.templates import (
     U64Array,
     compile_layout,
     decode_fixed,
+    template_cost_bytes,
     walk_variable,
 )
 
@@ -119,6 +122,30 @@ class FlowBatch:
         return FlowBatch(*(np.concatenate([getattr(b, n) for b in batches]) for n in _BATCH_FIELDS))
 
 
+_ADDRESS_NAMES = frozenset({"src4", "dst4", "src6", "dst6"})
+
+
+def _address(
+    cols: dict[str, U64Array], names: frozenset[str], side: str, total: int
+) -> tuple[U64Array, U64Array]:
+    """One side's addresses as IPv6 words; all-zero ("::", ABSENT) when the template has none."""
+    if f"{side}4" in names:
+        return np.zeros(total, dtype=np.uint64), cols[f"{side}4"] | V4_MAPPED
+    if f"{side}6" in names:
+        return cols[f"{side}6_hi"], cols[f"{side}6_lo"]
+    zeros = np.zeros(total, dtype=np.uint64)
+    return zeros, zeros
+
+
+def _scale(values: U64Array, factor: U64Array) -> tuple[U64Array, npt.NDArray[np.bool_]]:
+    """values * factor, saturating at 2**64 - 1 instead of wrapping; also which saturated."""
+    over = values > (np.uint64(2**64 - 1) // factor)
+    out = values * factor
+    if over.any():
+        out = np.where(over, np.uint64(2**64 - 1), out)
+    return out, over
+
+
 _BATCH_FIELDS = ("src_hi", "src_lo", "dst_hi", "dst_lo", "bytes", "packets", "time_s")
 
 
@@ -140,16 +167,35 @@ class _Pending:
 class Decoder:
     """Stateful NetFlow v9 / IPFIX decoder with bounded memory."""
 
-    def __init__(self, max_streams: int = 64, max_templates_per_stream: int = 256) -> None:
+    def __init__(
+        self,
+        max_streams: int = 64,
+        max_templates_per_stream: int = 256,
+        *,
+        max_streams_per_exporter: int = 16,
+        max_fields_per_template: int = MAX_TEMPLATE_FIELDS,
+        max_template_bytes_per_exporter: int = 1 << 20,
+        max_template_bytes: int = 8 << 20,
+    ) -> None:
+        self.max_template_bytes_per_exporter = max_template_bytes_per_exporter
+        self.max_template_bytes = max_template_bytes
+        """Template memory bounds (estimated by :func:`template_cost_bytes`)."""
+        self._template_bytes: Counter[str] = Counter()
         self.max_streams = max_streams
         self.max_templates = max_templates_per_stream
-        self.streams: dict[StreamKey, StreamState] = {}
+        self.max_streams_per_exporter = min(max_streams_per_exporter, max_streams)
+        """One exporter's share of streams: a flood from one source evicts its own."""
+        self.max_fields = max_fields_per_template
+        self.streams: OrderedDict[StreamKey, StreamState] = OrderedDict()
+        """Least recently used first; a datagram moves its stream to the end."""
         self.drops: Counter[str] = Counter()
         """Dropped datagrams, sets or templates, by reason."""
         self.datagrams = 0
         self.records = 0
         """Flow data records accepted (decoded at the next flush)."""
         self.records_without_addresses = 0
+        self.saturated_records = 0
+        """Records whose sampled-up byte or packet count saturated at 2**64 - 1."""
         self._pending: dict[int, _Pending] = {}
         self._pending_records = 0
 
@@ -197,9 +243,9 @@ class Decoder:
         key = (exporter, version, domain)
         stream = self.streams.get(key)
         if stream is None:
-            if len(self.streams) >= self.max_streams:
-                return self._drop("stream_limit")
-            stream = self.streams[key] = StreamState(key)
+            stream = self._new_stream(key)
+        else:
+            self.streams.move_to_end(key)
         stream.datagrams += 1
 
         if version == 9:
@@ -243,6 +289,32 @@ class Decoder:
         self._sequence(stream, version, seq, data_records if counted else None)
         return True
 
+    def _new_stream(self, key: StreamKey) -> StreamState:
+        """Make room (LRU, within the exporter's quota first), then open a stream."""
+        own = [k for k in self.streams if k[0] == key[0]]
+        if len(own) >= self.max_streams_per_exporter:
+            self._evict(own)
+        elif len(self.streams) >= self.max_streams:
+            self._evict(list(self.streams))
+        stream = self.streams[key] = StreamState(key)
+        return stream
+
+    def _evict(self, candidates: list[StreamKey]) -> None:
+        """Forget the least recently used stream, preferring one that holds no template."""
+        victim = next((k for k in candidates if not self.streams[k].templates), candidates[0])
+        gone = self.streams.pop(victim)
+        self._release(victim[0], gone.templates.values())
+        self.drops["stream_evicted"] += 1
+
+    def _release(self, exporter: str, layouts: Iterable[RecordLayout]) -> None:
+        self._template_bytes[exporter] -= sum(template_cost_bytes(lay.template) for lay in layouts)
+        if self._template_bytes[exporter] <= 0:
+            del self._template_bytes[exporter]
+
+    def template_bytes_by_exporter(self) -> dict[str, int]:
+        """Estimated template memory held per exporter address."""
+        return dict(self._template_bytes)
+
     def _drop(self, reason: str) -> bool:
         self.drops[reason] += 1
         return False
@@ -266,14 +338,31 @@ class Decoder:
 
     # ------------------------------------------------------------------ templates
     def _add_template(self, stream: StreamState, template: Template) -> None:
+        if len(template.fields) > self.max_fields:
+            self.drops["template_too_many_fields"] += 1
+            return
         old = stream.templates.get(template.template_id)
         if old is None and len(stream.templates) >= self.max_templates:
             self.drops["template_limit"] += 1
             return
+        if old is not None and old.template == template:
+            return  # refresh
+        exporter = stream.key[0]
+        cost = template_cost_bytes(template)
         if old is not None:
-            if old.template == template:
-                return  # refresh
+            cost -= template_cost_bytes(old.template)
+        if self._template_bytes[exporter] + cost > self.max_template_bytes_per_exporter:
+            self.drops["template_bytes_limit"] += 1
+            return
+        while sum(self._template_bytes.values()) + cost > self.max_template_bytes:
+            others = [k for k in self.streams if k[0] != exporter and self.streams[k].templates]
+            if not others:
+                self.drops["template_bytes_limit"] += 1
+                return
+            self._evict(others)  # least recently used stream of another exporter
+        if old is not None:
             stream.template_changes += 1
+        self._template_bytes[exporter] += cost
         stream.templates[template.template_id] = compile_layout(template)
 
     def _fields_v9(self, data: bytes, p: int, count: int) -> tuple[FieldSpec, ...] | None:
@@ -371,12 +460,14 @@ class Decoder:
             for t in [
                 t for t, lay in stream.templates.items() if lay.template.is_options == want_options
             ]:
-                del stream.templates[t]
+                self._release(stream.key[0], [stream.templates.pop(t)])
             stream.template_changes += 1
         elif tid >= 256:
-            if stream.templates.pop(tid, None) is None:
+            gone = stream.templates.pop(tid, None)
+            if gone is None:
                 self.drops["withdraw_unknown"] += 1
             else:
+                self._release(stream.key[0], [gone])
                 stream.template_changes += 1
         else:
             self.drops["bad_template"] += 1
@@ -463,10 +554,34 @@ class Decoder:
         self._pending_records = 0
         batches = []
         for p in pending.values():
-            batch = self._decode_pending(p)
+            try:
+                batch = self._decode_pending(p)
+            except Exception:  # one bad data set must not cost the others: retry one by one
+                batch = FlowBatch.concat(self._decode_each(p))
             if batch is not None:
                 batches.append(batch)
         return FlowBatch.concat(batches)
+
+    def _decode_each(self, p: _Pending) -> list[FlowBatch]:
+        """Decode a pending batch data set by data set, dropping (and counting) bad ones."""
+        out: list[FlowBatch] = []
+        start = 0
+        for i, chunk in enumerate(p.chunks):
+            count = chunk[0]
+            one = _Pending(p.layout, chunks=[chunk])
+            if p.slow is not None:
+                one.slow = {k: v[start : start + count] for k, v in p.slow.items()}
+            else:
+                one.views = [p.views[i]]
+            start += count
+            try:
+                batch = self._decode_pending(one)
+            except Exception:
+                self.drops["undecodable_records"] += count
+                continue
+            if batch is not None:
+                out.append(batch)
+        return out
 
     def _decode_pending(self, p: _Pending) -> FlowBatch | None:
         layout = p.layout
@@ -476,7 +591,7 @@ class Decoder:
         if total == 0:
             return None
         names = layout.names
-        if not ({"src4", "dst4"} <= names or {"src6", "dst6"} <= names):
+        if not names & _ADDRESS_NAMES:
             self.records_without_addresses += total
             return None
         if p.slow is not None:
@@ -485,31 +600,29 @@ class Decoder:
             buf = p.views[0] if len(p.views) == 1 else b"".join(p.views)
             cols = decode_fixed(layout, buf, total)
         export_s = np.repeat(meta[:, 1], counts)
-        sampling = meta[:, 4].astype(np.uint64)
+        sampling = np.fromiter((ch[4] for ch in p.chunks), np.uint64, len(p.chunks))
 
-        if "src4" in names:
-            src_hi = np.zeros(total, dtype=np.uint64)
-            dst_hi = src_hi
-            src_lo = cols["src4"] | V4_MAPPED
-            dst_lo = cols["dst4"] | V4_MAPPED
-        else:
-            src_hi, src_lo = cols["src6_hi"], cols["src6_lo"]
-            dst_hi, dst_lo = cols["dst6_hi"], cols["dst6_lo"]
+        # a one-sided record keeps its side; the absent one is "::" (nfdump: 0.0.0.0)
+        src_hi, src_lo = _address(cols, names, "src", total)
+        dst_hi, dst_lo = _address(cols, names, "dst", total)
         zeros = np.zeros(total, dtype=np.uint64)
         octets = cols.get("bytes", zeros)
         packets = cols.get("packets", zeros)
         factor = None
         if (sampling != 1).any():
             factor = np.repeat(sampling, counts)
-            octets = octets * factor
-            packets = packets * factor
+            octets, o_over = _scale(octets, factor)
+            packets, p_over = _scale(packets, factor)
+            self.saturated_records += int((o_over | p_over).sum())
         time_s = self._times(cols, names, meta, counts, export_s)
         batch = FlowBatch(src_hi, src_lo, dst_hi, dst_lo, octets, packets, time_s)
         if "rbytes" in names or "rpackets" in names:  # RFC 5103 biflow: the reverse half
             rbytes = cols.get("rbytes", zeros)
             rpackets = cols.get("rpackets", zeros)
             if factor is not None:
-                rbytes, rpackets = rbytes * factor, rpackets * factor
+                rbytes, rb_over = _scale(rbytes, factor)
+                rpackets, rp_over = _scale(rpackets, factor)
+                self.saturated_records += int((rb_over | rp_over).sum())
             keep = (rbytes > 0) | (rpackets > 0)
             if keep.any():
                 reverse = FlowBatch(

@@ -21,6 +21,7 @@ from kopeck_probe.flows.decoder import FlowBatch
 from kopeck_probe.flows.podmap import Lease, PodIPMap, Words, from_words, owner_at
 
 INTRA = CLASSES.index("intraZone")
+UNCLASSIFIED = CLASSES.index("unclassified")
 _NC = len(CLASSES)
 _EXACT_FLOAT = 2**53
 
@@ -86,6 +87,8 @@ class Tally:
         self._class_cache.clear()
 
     def _class_of(self, words: Words) -> int:
+        if words == (0, 0):  # a one-sided record's absent end ("::"): no place to price
+            return UNCLASSIFIED
         idx = self._class_cache.get(words)
         if idx is None:
             if len(self._class_cache) > 65536:

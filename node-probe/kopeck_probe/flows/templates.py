@@ -20,6 +20,8 @@ import numpy.typing as npt
 
 VARLEN = 0xFFFF
 """IPFIX field length announcing a variable-length field (RFC 7011 §7)."""
+MAX_TEMPLATE_FIELDS = 256
+"""Fields per template we accept (a datagram could announce 16,377); pmacct caps too."""
 REVERSE_PEN = 29305
 """Enterprise number of IPFIX reverse information elements (RFC 5103)."""
 
@@ -128,9 +130,18 @@ def _wanted(spec: FieldSpec) -> str | None:
     return name
 
 
+def template_cost_bytes(template: Template) -> int:
+    """Estimated memory of a kept template and its layout (objects, dtype), for budgets."""
+    return 512 + 64 * len(template.fields)
+
+
 @functools.lru_cache(maxsize=1024)
 def compile_layout(template: Template) -> RecordLayout:
-    """Compile a template once (cached by its definition, so refreshes cost nothing)."""
+    """Compile a template once (cached by its definition, so refreshes cost nothing).
+
+    The cache holds at most 1024 layouts of at most MAX_TEMPLATE_FIELDS fields each."""
+    if len(template.fields) > MAX_TEMPLATE_FIELDS:
+        raise ValueError(f"template {template.template_id}: more than {MAX_TEMPLATE_FIELDS} fields")
     columns: list[Column] = []
     seen: set[str] = set()
     offset: int | None = 0
@@ -241,6 +252,8 @@ def walk_variable(
                 raise RecordError("field past the end of the set")
             hit = wanted.get(index)
             if hit is not None:
+                if hit.length == VARLEN and length > 8:
+                    raise RecordError("integer field longer than 8 octets")
                 if hit.length == 16:
                     cols[f"{hit.name}_hi"].append(int.from_bytes(data[pos : pos + 8], "big"))
                     cols[f"{hit.name}_lo"].append(int.from_bytes(data[pos + 8 : pos + 16], "big"))
