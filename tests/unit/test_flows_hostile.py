@@ -236,3 +236,16 @@ def test_records_with_neither_address_are_still_counted_apart() -> None:
     d.feed(c.ipfix([tpl, c.set_(256, struct.pack("!II", 1, 1) * 4)], seq=0), EXP)
     assert len(d.flush()) == 0
     assert d.records_without_addresses == 4
+
+
+def test_saturated_counters_do_not_wrap_in_the_tally() -> None:
+    d = Decoder()
+    opt_data = c.set_(500, struct.pack("!IQ", 0, U64_MAX))
+    rec = c.set_(256, struct.pack("!IIQQ", 0x0A010102, 0x08080808, 10, 1) * 2)
+    assert d.feed(c.ipfix([SAMPLING_OPT, PLAIN, opt_data, rec], seq=0), EXP)
+    pods = PodIPMap()
+    pods.assign("10.1.1.2", "pod-a", since=0)
+    t = Tally(pods, TOPO)
+    t.add(d.flush())
+    assert d.saturated_records == 2
+    assert t.totals["pod-a"].by_class["internet", "tx"].bytes == 2 * U64_MAX  # wrapped before

@@ -193,6 +193,11 @@ def _sum_by(
         return np.bincount(keys, weights=values.astype(np.float64), minlength=size).astype(
             np.uint64
         )
-    out = np.zeros(size, dtype=np.uint64)
-    np.add.at(out, keys, values)
-    return out
+    if float(values.sum(dtype=np.float64)) < 2.0**63:
+        out = np.zeros(size, dtype=np.uint64)
+        np.add.at(out, keys, values)
+        return out
+    # saturated (sampled-up) counters: uint64 sums would wrap; Python ints do not
+    exact = np.zeros(size, dtype=object)
+    np.add.at(exact, keys, values.astype(object))
+    return exact
