@@ -38,6 +38,9 @@ from kopeck.operator.state import PolicyEntry, State, period_kind, spawn
 log = logging.getLogger("kopeck.costpolicies")
 PLURAL = "costpolicies"
 SILENT_INTERVALS = 3
+not_enforced: dict[str, str] = {}
+"""Policy name -> why its webhook was left out of the configuration (set by webhook.py)."""
+_logged_errors: set[tuple[str, str]] = set()
 
 
 def _ts(t: dt.datetime) -> str:
@@ -105,8 +108,12 @@ def compute_status(
     conditions: list[dict[str, Any]] = [dict(c) for c in prev.get("conditions") or []]
     gen = policy.generation
     events: list[tuple[str, str, str]] = []
+    refused = not_enforced.get(policy.name)
     if entry.invalid:
         set_condition(conditions, "Ready", False, "InvalidSpec", entry.invalid, now, gen)
+    elif refused:
+        if set_condition(conditions, "Ready", False, "NotEnforced", refused, now, gen):
+            events.append(("NotEnforced", f"CostPolicy {policy.name}: {refused}", "Warning"))
     else:
         set_condition(conditions, "Ready", True, "Reconciled",
                       "prices and budget in force", now, gen)
@@ -190,6 +197,20 @@ def compute_status(
     return status, events
 
 
+def _failed_status(entry: PolicyEntry, exc: Exception, now: dt.datetime) -> dict[str, Any]:
+    """Ready=False naming the error; the traceback is logged once per distinct error."""
+    name = entry.named.name
+    text = f"{type(exc).__name__}: {exc}"[:900]
+    if (name, text) not in _logged_errors:
+        _logged_errors.add((name, text))
+        log.error("status of CostPolicy %s cannot be computed", name, exc_info=exc)
+    conditions = [dict(c) for c in entry.status.get("conditions") or [] if isinstance(c, dict)]
+    set_condition(conditions, "Ready", False, "StatusError",
+                  f"status cannot be computed: {text}; the operator log has details",
+                  now, entry.named.generation)
+    return {"conditions": conditions, "observedGeneration": entry.named.generation}
+
+
 def _comparable(status: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in status.items() if k not in ("reservations", "reserved")}
     out["conditions"] = [
@@ -201,7 +222,10 @@ def _comparable(status: Mapping[str, Any]) -> dict[str, Any]:
 
 async def write_status(state: State, entry: PolicyEntry, now: dt.datetime) -> None:
     """Compute and (when changed) write one policy's status; record its Events."""
-    status, events = compute_status(state, entry, now, time.time())
+    try:
+        status, events = compute_status(state, entry, now, time.time())
+    except Exception as exc:  # one policy's bug must not stop the others, nor flood the log
+        status, events = _failed_status(entry, exc, now), []
     reservations = prune_reservations(state, entry, now)
     if reservations is None and _comparable(status) == _comparable(entry.status) and not events:
         return

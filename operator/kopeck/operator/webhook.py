@@ -22,6 +22,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from decimal import Decimal
@@ -38,10 +39,11 @@ from kopeck.accounting.prices import GIB, HOUR, NodeFacts, Rates, rates_for_node
 from kopeck.accounting.summary import money_text
 from kopeck.api.allocation import Proposal
 from kopeck.api.common import API_VERSION
+from kopeck.api.costpolicy import POLICY_NAME_MAX, label_key_problem, label_value_problem
 from kopeck.operator import metrics
 from kopeck.operator.conditions import post_event
 from kopeck.operator.costpolicies import PLURAL as POLICY_PLURAL
-from kopeck.operator.costpolicies import policy_spent
+from kopeck.operator.costpolicies import not_enforced, policy_spent
 from kopeck.operator.kube import ApiError, resource_path
 from kopeck.operator.state import State, period_kind, spawn, utcnow
 from kopeck.operator.workloads import (
@@ -398,6 +400,31 @@ def _selector(sel: Any) -> dict[str, Any]:
     return out
 
 
+def selector_problem(field: str, sel: Mapping[str, Any]) -> str | None:
+    """Why the apiserver would refuse this selector in a webhook configuration, or None."""
+    for key, value in (sel.get("matchLabels") or {}).items():
+        problem = label_key_problem(str(key)) or label_value_problem(str(value))
+        if problem:
+            return f"{field}.matchLabels: {problem}"
+    for i, req in enumerate(sel.get("matchExpressions") or []):
+        where = f"{field}.matchExpressions[{i}]"
+        op, values = req.get("operator"), req.get("values") or []
+        problem = label_key_problem(str(req.get("key", "")))
+        if problem:
+            return f"{where}.key: {problem}"
+        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            return f"{where}.operator: {op!r} is not In, NotIn, Exists or DoesNotExist"
+        if op in ("In", "NotIn") and not values:
+            return f"{where}.values: must be non-empty for operator {op}"
+        if op in ("Exists", "DoesNotExist") and values:
+            return f"{where}.values: must be left out for operator {op}"
+        for v in values:
+            problem = label_value_problem(str(v))
+            if problem:
+                return f"{where}.values: {problem}"
+    return None
+
+
 def desired_webhooks(state: State, url: str, ca_bundle: str) -> list[dict[str, Any]]:
     """One webhook per policy: its namespace selector, its failurePolicy, our URL (or the
     Service in front of us, when one is configured)."""
@@ -422,8 +449,20 @@ def desired_webhooks(state: State, url: str, ca_bundle: str) -> list[dict[str, A
              "operations": ["UPDATE"], "scope": "Namespaced"}
             for g, v, p in SCALABLE
         ]
+        hook_name = f"{name}.budget.cost.kopeck.io"
+        problem = selector_problem("spec.scope.namespaceSelector", ns_selector)
+        if problem is None and len(hook_name) > 253:
+            problem = f"metadata.name: longer than {POLICY_NAME_MAX} characters"
+        if problem is not None:
+            _exclude(name, problem)
+            continue
+        refusal = refused_by_server.get(name)
+        if refusal is not None and refusal[0] == entry.named.generation:
+            _exclude(name, refusal[1])
+            continue
+        not_enforced.pop(name, None)
         hooks.append({
-            "name": f"{name}.budget.cost.kopeck.io",
+            "name": hook_name,
             "clientConfig": (
                 {"service": {**service, "path": f"/{HOOK_ID}/{name}"}, "caBundle": ca_bundle}
                 if service else {"url": f"{url}/{HOOK_ID}/{name}", "caBundle": ca_bundle}
@@ -437,6 +476,27 @@ def desired_webhooks(state: State, url: str, ca_bundle: str) -> list[dict[str, A
             "admissionReviewVersions": ["v1"],
         })
     return hooks
+
+
+refused_by_server: dict[str, tuple[int, str]] = {}
+"""Policy name -> the apiserver's 422 for its webhook entry (retried when the policy changes)."""
+
+
+def _exclude(name: str, problem: str) -> None:
+    if not_enforced.get(name) != problem:
+        log.warning("CostPolicy %s is not enforced: %s", name, problem)
+    not_enforced[name] = (
+        f"left out of the admission webhook configuration, budget not enforced: {problem}; "
+        "fix the policy"
+    )
+
+
+def refused_policy(hooks: list[dict[str, Any]], exc: ApiError) -> str | None:
+    """The policy whose entry a 422 names (webhooks[i]...), or None."""
+    match = re.search(r"webhooks\[(\d+)\]", str(exc.body) + str(exc))
+    if match is None or int(match[1]) >= len(hooks):
+        return None
+    return str(hooks[int(match[1])]["name"]).removesuffix(".budget.cost.kopeck.io")
 
 
 async def manage_configuration(state: State, url: str, ca_bundle: str, wake: asyncio.Event) -> None:
@@ -471,7 +531,17 @@ async def manage_configuration(state: State, url: str, ca_bundle: str, wake: asy
                 await state.kube.request("PUT", path, body=body)
             last = hooks
             log.info("webhook configuration %s: %d policies", name, len(hooks))
-        except (ApiError, OSError) as exc:
+        except ApiError as exc:
+            bad = refused_policy(hooks, exc) if exc.status == 422 else None
+            if bad is not None:  # leave the one bad entry out; the others stay enforced
+                entry = state.policies.get(bad)
+                refused_by_server[bad] = (entry.named.generation if entry else 0, str(exc)[:500])
+                wake.set()
+                continue
+            log.warning("cannot write webhook configuration %s: %s", name, exc)
+            await asyncio.sleep(1)
+            wake.set()
+        except OSError as exc:
             log.warning("cannot write webhook configuration %s: %s", name, exc)
             await asyncio.sleep(1)
             wake.set()
