@@ -8,6 +8,7 @@ import struct
 
 from kopeck_probe.flows import craft as c
 from kopeck_probe.flows.classify import Location, NodePlacement, Topology, parse_cidrs
+from kopeck_probe.flows.collector import CollectorConfig, FlowCollector
 from kopeck_probe.flows.decoder import Decoder, FlowBatch
 from kopeck_probe.flows.podmap import PodIPMap, from_words
 from kopeck_probe.flows.tally import Tally
@@ -249,3 +250,17 @@ def test_saturated_counters_do_not_wrap_in_the_tally() -> None:
     t.add(d.flush())
     assert d.saturated_records == 2
     assert t.totals["pod-a"].by_class["internet", "tx"].bytes == 2 * U64_MAX  # wrapped before
+
+
+def test_collector_passes_the_bounds_and_reports_saturation() -> None:
+    cfg = CollectorConfig(
+        allowed_exporters=frozenset({EXP}), max_streams_per_exporter=2, max_template_bytes=1 << 16
+    )
+    col = FlowCollector(PodIPMap(), TOPO, cfg)
+    assert col.decoder.max_streams_per_exporter == 2
+    assert col.decoder.max_template_bytes == 1 << 16
+    opt_data = c.set_(500, struct.pack("!IQ", 0, U64_MAX))
+    rec = c.set_(256, struct.pack("!IIQQ", 1, 2, 10, 1))
+    assert col.handle(c.ipfix([SAMPLING_OPT, PLAIN, opt_data, rec], seq=0), EXP)
+    col.flush()
+    assert col.stats().saturated_records == 1

@@ -66,6 +66,11 @@ class CollectorConfig:
     """Cap on (exporter, version, domain) streams kept."""
     max_templates_per_stream: int = 256
     """Cap on templates per stream; more are a template flood (counted, ignored)."""
+    max_streams_per_exporter: int = 16
+    """One exporter's share of streams; beyond it, its least recently used stream goes."""
+    max_template_bytes_per_exporter: int = 1 << 20
+    max_template_bytes: int = 8 << 20
+    """Template memory bounds (estimated), per exporter address and in total."""
     flush_records: int = 32768
     flush_interval_s: float = 0.25
     receive_buffer_bytes: int = 8 << 20
@@ -88,6 +93,8 @@ class CollectorStats:
     """Bytes and packets of flows with no pod of this node at either end."""
     records_without_addresses: int
     internal_errors: int
+    saturated_records: int = 0
+    """Records whose sampled-up counters saturated at 2**64 - 1."""
 
 
 @dataclass(slots=True)
@@ -109,7 +116,14 @@ class FlowCollector:
         self.allowed = frozenset(
             _normalise(a) for a in (allowed if allowed is not None else local_addresses())
         )
-        self.decoder = Decoder(self.config.max_streams, self.config.max_templates_per_stream)
+        cfg = self.config
+        self.decoder = Decoder(
+            cfg.max_streams,
+            cfg.max_templates_per_stream,
+            max_streams_per_exporter=cfg.max_streams_per_exporter,
+            max_template_bytes_per_exporter=cfg.max_template_bytes_per_exporter,
+            max_template_bytes=cfg.max_template_bytes,
+        )
         self.tally = Tally(pods, topology)
         self._counters = _Counters()
         self._lock = threading.Lock()
@@ -195,6 +209,7 @@ class FlowCollector:
                 ),
                 records_without_addresses=d.records_without_addresses,
                 internal_errors=self._counters.internal_errors,
+                saturated_records=d.saturated_records,
             )
 
     # ------------------------------------------------------------------ socket
