@@ -12,7 +12,17 @@ few microseconds, whatever the number of records.
 
 A malformed datagram (header or set framing) is dropped whole and counted by reason; a bad
 template record, or a data set whose template is unknown, drops only that set (counted).
-Nothing raises: the collector must survive anything on the wire.
+Nothing raises: the collector must survive anything on the wire. A data set that cannot
+be decoded at flush time costs only itself (the batch is retried set by set).
+
+Memory is bounded in bytes, not only in counts: templates of at most
+``MAX_TEMPLATE_FIELDS`` fields, an estimated template budget per exporter address and in
+total, and streams kept least-recently-used, each exporter within its own quota (a stream
+holding no template goes first), so a flood from one source evicts its own streams.
+
+A record whose template has only one address is kept, the absent end as "::" (nfdump
+shows 0.0.0.0): a source-only record is the source's egress, a destination-only one the
+destination's ingress. Sampled-up counters saturate at 2**64 - 1 (``saturated_records``).
 """
 
 from __future__ import annotations
