@@ -117,7 +117,11 @@ class Checkpointer:
             await asyncio.sleep(self.state.settings.checkpoint_interval)
             self._wake.clear()
             generation = self.generation
-            ok = await self.flush()
+            try:
+                ok = await self.flush()
+            except Exception:  # the loop must outlive any fault; the records stayed dirty
+                log.exception("checkpoint flush failed")
+                ok = False
             async with self._done:
                 if ok:
                     self.flushed = max(self.flushed, generation)
@@ -145,30 +149,30 @@ class Checkpointer:
                 acc.extra["histograms"] = hist.to_checkpoint()
             snapshot.append((akey, acc, status_patch(acc)))
         sem = asyncio.Semaphore(16)
-        failed: list[AccKey] = []
+        written: set[AccKey] = {k for k in keys if k not in state.accs}  # nothing to write
 
         async def write(akey: AccKey, acc: Accumulator, status: dict[str, Any]) -> None:
             async with sem:
-                try:
-                    await self.write(acc, status)
-                except ApiError as exc:
-                    if exc.status in (403, 404, 422):  # namespace gone, or refused for good:
-                        log.warning("dropping record %s/%s: %s", akey[0].ref, akey[1], exc)
-                        state.accs.pop(akey, None)  # retrying cannot help
-                        state.counters["checkpoint_dropped"] += 1
-                        return
-                    log.warning("checkpoint of %s/%s failed: %s", akey[0].ref, akey[1], exc)
-                    failed.append(akey)
-                except (TimeoutError, OSError) as exc:
-                    log.warning("checkpoint of %s/%s failed: %s", akey[0].ref, akey[1], exc)
-                    failed.append(akey)
+                await self.write(acc, status)
+                written.add(akey)
 
-        await asyncio.gather(*(write(*item) for item in snapshot))
-        state.dirty |= set(failed)
-        state.counters["checkpoint_writes"] += len(snapshot) - len(failed)
-        state.counters["checkpoint_failures"] += len(failed)
-        self.flush_seconds += time.monotonic() - started
-        return not failed
+        try:
+            results = await asyncio.gather(*(write(*item) for item in snapshot),
+                                           return_exceptions=True)
+            for (akey, _, _), res in zip(snapshot, results, strict=True):
+                if isinstance(res, ApiError) and res.status in (403, 404, 422):
+                    # refused for good (namespace gone, RBAC, schema): keep the record and
+                    # keep it dirty; never ack it, never overwrite it with less later
+                    log.error("checkpoint of %s/%s refused: %s", akey[0].ref, akey[1], res)
+                    state.counters["checkpoint_refused"] += 1
+                elif isinstance(res, BaseException):
+                    log.warning("checkpoint of %s/%s failed: %r", akey[0].ref, akey[1], res)
+        finally:  # on every path (any exception, cancellation) unwritten records stay dirty
+            state.dirty |= keys - written
+            state.counters["checkpoint_writes"] += len(snapshot) - len(keys - written)
+            state.counters["checkpoint_failures"] += len(keys) - len(written)
+            self.flush_seconds += time.monotonic() - started
+        return not keys - written
 
     async def write(self, acc: Accumulator, status: dict[str, Any]) -> None:
         """Create the Allocation if needed, then write its status."""

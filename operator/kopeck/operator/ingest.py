@@ -55,6 +55,8 @@ class Ingest:
         self.checkpointer = checkpointer
         self.reviewer = ProbeAuthenticator(state)
         self.on_hits = on_hits
+        self._folded_at: dict[tuple[str, str, int], int] = {}
+        """(node, bootId, seq) -> the checkpoint generation that makes its fold durable."""
 
     def app(self) -> web.Application:
         """The aiohttp application (served over TLS by `serve`)."""
@@ -120,6 +122,16 @@ class Ingest:
         result = fold_report(state, report, now)
         state.node_seen[report.node] = time.time()
         generation = self.checkpointer.bump() if (result.touched or state.dirty) else None
+        mark = (report.node, report.boot_id, report.seq)
+        if result.duplicate:  # acked only once the write that first folded it is durable
+            first = self._folded_at.get(mark)
+            if first is not None and first > self.checkpointer.flushed:
+                generation = max(generation or 0, first)
+        elif generation is not None:
+            if len(self._folded_at) > 100_000:
+                flushed = self.checkpointer.flushed
+                self._folded_at = {k: g for k, g in self._folded_at.items() if g > flushed}
+            self._folded_at[mark] = generation
         if not result.duplicate:
             node_cost = metrics.NODE_COST.labels(report.node, result.currency, "total")
             node_cost.inc(float(result.node_cost))
