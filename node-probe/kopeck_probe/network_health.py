@@ -88,6 +88,11 @@ class NetworkHealth(Collector):
                 drops.add_metric([reason], count)
             yield drops
             yield CounterMetricFamily(
+                "kopeck_probe_flow_saturated_records",
+                "Flow records whose sampled octets or packets saturated at 2^64-1",
+                value=s.saturated_records,
+            )
+            yield CounterMetricFamily(
                 "kopeck_probe_flow_unattributed_bytes",
                 "Flow bytes with no pod of this node at either end",
                 value=s.unattributed.bytes,
