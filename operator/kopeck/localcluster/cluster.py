@@ -201,6 +201,17 @@ class LocalCluster:
         return self.pki / "ca.crt"
 
     @property
+    def webhook_client_ca_file(self) -> Path:
+        """The CA of the client certificate the apiserver presents to admission webhooks:
+        give it to the operator as --webhook-client-ca."""
+        return self.pki / "webhook-client-ca.crt"
+
+    @property
+    def admission_config(self) -> Path:
+        """The AdmissionConfiguration naming the webhook client kubeconfig."""
+        return self.directory / "admission.yaml"
+
+    @property
     def server(self) -> str:
         host = "127.0.0.1" if self.bind_address in ("0.0.0.0", "127.0.0.1") else self.bind_address
         return f"https://{host}:{self.ports.apiserver}"
@@ -384,9 +395,45 @@ class LocalCluster:
             self.pki, "kopeck-front-proxy-ca", "proxy-ca"
         )
         proxy_ca.issue(self.pki, "proxy-client", "front-proxy-client")
+        self._write_webhook_client()
         self._write_kubeconfig(self.kubeconfig, "kopeck-admin", admin, embed=True)
         self._write_kubeconfig(self.directory / "controller-manager.kubeconfig", "kcm", kcm)
         self._write_kubeconfig(self.directory / "scheduler.kubeconfig", "scheduler", sched)
+
+    def _write_webhook_client(self) -> None:
+        """The apiserver's identity towards admission webhooks: a client certificate from
+        its own CA (webhook-client-ca.crt), named for every webhook ("*") in a kubeconfig
+        that the AdmissionConfiguration hands to both webhook admission plugins."""
+        ca = CertificateAuthority.create_or_load(
+            self.pki, "kopeck-webhook-client-ca", "webhook-client-ca"
+        )
+        pair = ca.issue(self.pki, "webhook-client", "kube-apiserver-webhook-client")
+        kubeconfig = self.directory / "webhook-client.kubeconfig"
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "users": [
+                {"name": "*", "user": {"client-certificate": str(pair.cert),
+                                       "client-key": str(pair.key)}}
+            ],
+        }
+        fd = os.open(kubeconfig, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            yaml.safe_dump(doc, fh, sort_keys=False)
+        plugin_config = {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "WebhookAdmissionConfiguration",
+            "kubeConfigFile": str(kubeconfig),
+        }
+        admission = {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "AdmissionConfiguration",
+            "plugins": [
+                {"name": name, "configuration": plugin_config}
+                for name in ("ValidatingAdmissionWebhook", "MutatingAdmissionWebhook")
+            ],
+        }
+        self.admission_config.write_text(yaml.safe_dump(admission, sort_keys=False))
 
     def _write_kubeconfig(self, path: Path, user: str, pair: KeyPair, embed: bool = False) -> None:
         def b64(p: Path) -> str:
@@ -530,6 +577,7 @@ class LocalCluster:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={pki / 'proxy-client.crt'}",
             f"--proxy-client-key-file={pki / 'proxy-client.key'}",
+            f"--admission-control-config-file={self.admission_config}",
             *self.extra_apiserver_args,
         ]
         self._spawn("kube-apiserver", argv)

@@ -18,6 +18,7 @@ import random
 import socket
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,20 @@ def _denials_are_not_errors(record: logging.LogRecord) -> bool:
         logging.getLogger("kopeck.webhook").info("denied: %s", message.split(": ", 1)[1])
         return False
     return True
+
+
+async def supervised(
+    name: str, factory: Callable[[], Awaitable[Any]], *, backoff: float = 1.0
+) -> None:
+    """Run a background loop for the life of the operator: a loop that dies of any fault
+    (a dropped apiserver connection) is logged and started again, never silently gone."""
+    while True:
+        try:
+            await factory()
+            log.error("background task %s ended; starting it again", name)
+        except Exception:
+            log.exception("background task %s failed; starting it again", name)
+        await asyncio.sleep(backoff)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,19 +161,23 @@ async def main(settings: Settings) -> None:
 
     if settings.peering:
         await ensure_peering(kube, settings.peering)
-        tasks.append(asyncio.create_task(
-            follow(kube, settings.peering, identity, priority, on_change)
-        ))
+        peering = settings.peering
+        tasks.append(asyncio.create_task(supervised(
+            "leader", lambda: follow(kube, peering, identity, priority, on_change)
+        )))
     else:
         log.info("restored %d allocations", await restore(state))
         await prime(state)
         if settings.pod_name:
             await label_own_pod(kube, settings.pod_namespace or settings.namespace,
                                 settings.pod_name, True)
-    tasks.append(asyncio.create_task(checkpointer.run()))
-    tasks.append(asyncio.create_task(status_loop(state, status_wake)))
+    sweep_every = max(10.0, settings.status_interval * 6)
+    tasks.append(asyncio.create_task(supervised("checkpointer", checkpointer.run)))
     tasks.append(asyncio.create_task(
-        sweep_loop(state, kick, max(10.0, settings.status_interval * 6))
+        supervised("status", lambda: status_loop(state, status_wake))
+    ))
+    tasks.append(asyncio.create_task(
+        supervised("sweep", lambda: sweep_loop(state, kick, sweep_every))
     ))
 
     ks = kopf.OperatorSettings()
@@ -170,7 +189,13 @@ async def main(settings: Settings) -> None:
         from kopeck.operator.webhook import PolicyRoutingWebhookServer, manage_configuration
 
         webhook.register()
-        state.webhook_ssl = cert.server_context()
+        if settings.webhook_client_ca is None:
+            log.warning(
+                "--webhook-client-ca is not set: anyone who can reach port %d can call the "
+                "admission webhook (reserve or release budget); set it to the CA of the "
+                "apiserver's webhook client certificate", settings.webhook_port,
+            )
+        state.webhook_ssl = cert.server_context(client_ca=settings.webhook_client_ca)
         ks.admission.server = PolicyRoutingWebhookServer(
             addr=settings.bind, port=settings.webhook_port, host=host,
             context=state.webhook_ssl, certfile=str(cert.cert_file),
@@ -179,7 +204,9 @@ async def main(settings: Settings) -> None:
         ks.admission.managed = None  # we manage it: one webhook per policy
         ca_bundle = base64.b64encode(cert.ca_pem).decode()
         url = f"https://{host}:{settings.webhook_port}"
-        tasks.append(asyncio.create_task(manage_configuration(state, url, ca_bundle, hook_wake)))
+        tasks.append(asyncio.create_task(supervised(
+            "webhook-config", lambda: manage_configuration(state, url, ca_bundle, hook_wake)
+        )))
     memo = kopf.Memo(state=state, kick=kick)
     try:
         await kopf.operator(

@@ -27,9 +27,18 @@ class ServingCert:
     key_file: Path
     ca_file: Path
 
-    def server_context(self) -> ssl.SSLContext:
-        """A server context: TLS 1.2 minimum (1.3 preferred by negotiation)."""
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    def server_context(self, client_ca: Path | None = None) -> ssl.SSLContext:
+        """A server context: TLS 1.2 minimum (1.3 preferred by negotiation).
+
+        With ``client_ca`` the handshake requires a client certificate signed by exactly that
+        CA (the system trust store is not loaded), so only its holder can call the server.
+        """
+        if client_ca is None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        else:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_verify_locations(cafile=str(client_ca))
+            ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
         return ctx
