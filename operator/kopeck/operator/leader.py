@@ -95,8 +95,8 @@ async def follow(
             obj = await kube.get(f"{PEERING_API}/{name}")
             now = dt.datetime.now(dt.UTC)
             leading = is_leader(dict(obj.get("status") or {}), identity, priority, now)
-        except (ApiError, OSError) as exc:
-            log.warning("cannot read peering %s: %s", name, exc)
+        except Exception as exc:  # any fault (dropped connection, bad body): not leading now
+            log.warning("cannot read peering %s: %r", name, exc)
             leading = False
         if leading != active:
             active = leading
