@@ -111,7 +111,9 @@ class Stack:
             namespace=SYSTEM_NAMESPACE, probe_accounts=f"{SYSTEM_NAMESPACE}:{PROBE_ACCOUNT}",
             webhook_config="kopeck.cost.kopeck.io",
             extra=["--probe-interval", str(self.settings.report_interval_s),
-                   "--status-interval", "2", *self.settings.operator_flags],
+                   "--status-interval", "2",
+                   "--webhook-client-ca", str(self.cluster.webhook_client_ca_file),
+                   *self.settings.operator_flags],
         )  # fmt: skip
         self.operator.start(timeout=60)
         self._stack.callback(self._stop_operator)
