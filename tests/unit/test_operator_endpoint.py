@@ -17,6 +17,7 @@ from kopeck.operator.allocations import Checkpointer
 from kopeck.operator.costpolicies import remember
 from kopeck.operator.ingest import Ingest
 from kopeck.operator.kube import ApiError, Credentials, Kube
+from kopeck.operator.probe_auth import ProbeAuthenticator
 from kopeck.operator.settings import Settings
 from kopeck.operator.state import PodInfo, State
 from kopeck.operator.testing import pod_usage, policy_manifest, report
@@ -55,8 +56,10 @@ class FakeKube(Kube):
 
 
 def make_state(kube: FakeKube) -> State:
-    state = State(Settings(probe_service_accounts="ops:probe", checkpoint_interval=0.01),
-                  kube, OwnerResolver(kube))
+    # Plain tokens, as this fake's TokenReview knows them (node binding: test_probe_auth).
+    settings = Settings(probe_service_accounts="ops:probe", checkpoint_interval=0.01,
+                        probe_audience="", require_node_binding=False)
+    state = State(settings, kube, OwnerResolver(kube))
     remember(state, json.loads(policy_manifest("p", "shop", amount=None)))
     state.namespaces["shop"] = {"kubernetes.io/metadata.name": "shop"}
     state.pods["u1"] = PodInfo("u1", "shop", "web-1", "n1",
@@ -78,7 +81,8 @@ def run(scenario: Any) -> None:
         state = make_state(kube)
         checkpointer = Checkpointer(state)
         task = asyncio.create_task(checkpointer.run())
-        client = TestClient(TestServer(Ingest(state, checkpointer).app()))
+        ingest = Ingest(state, checkpointer, reviewer=ProbeAuthenticator(state, kube))
+        client = TestClient(TestServer(ingest.app()))
         await client.start_server()
         try:
             await scenario(client, state, kube)

@@ -50,10 +50,11 @@ class Ingest:
         state: State,
         checkpointer: Checkpointer,
         on_hits: Callable[[list[Hit]], Awaitable[None]] | None = None,
+        reviewer: ProbeAuthenticator | None = None,
     ) -> None:
         self.state = state
         self.checkpointer = checkpointer
-        self.reviewer = ProbeAuthenticator(state)
+        self.reviewer = reviewer or ProbeAuthenticator(state)
         self.on_hits = on_hits
         self._folded_at: dict[tuple[str, str, int], int] = {}
         """(node, bootId, seq) -> the checkpoint generation that makes its fold durable."""

@@ -76,12 +76,12 @@ def token_expiry(token: str) -> float | None:
 class ProbeAuthenticator:
     """TokenReview of probe tokens with kopeck's audience; cached, rate-limited, node-bound."""
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, kube: Kube | None = None) -> None:
         self.state = state
         s = state.settings
         self._cache: dict[str, tuple[float, Probe | Refusal]] = {}
         self._bucket = TokenBucket(s.token_review_rate, s.token_review_burst)
-        self._kube: Kube | None = None
+        self._kube: Kube | None = kube
         self.reviews = 0
 
     def kube(self) -> Kube:
