@@ -158,27 +158,19 @@ UNUSABLE: list[tuple[str, Callable[[Spec], None], str, str]] = [
     ("selector-key-prefix-too-long", _set("scope.selector", {
         "matchExpressions": [{"key": "a" * 254 + "/x", "operator": "Exists"}]}),
      "spec.scope.selector.matchExpressions[0].key", "prefix before '/'"),
-    ("selector-label-key-bad", _set("scope.namespaceSelector", {"matchLabels": {"bad key!": "a"}}),
-     "spec.scope.namespaceSelector.matchLabels", "must be a label key"),
     ("selector-label-value-too-long",
      _set("scope.namespaceSelector", {"matchLabels": {"team": "a" * 64}}),
-     "spec.scope.namespaceSelector.matchLabels.team", "at most 63"),
+     "spec.scope.namespaceSelector.matchLabels.team", "may not be more than 63"),
     ("selector-value-bad", _set("scope.namespaceSelector", {
         "matchExpressions": [{"key": "team", "operator": "In", "values": ["-a-"]}]}),
      "spec.scope.namespaceSelector.matchExpressions[0].values[0]", "should match"),
     ("exemption-namespace-bad", _set("exemptions", {"namespaces": ["Not_A_Namespace"]}),
      "spec.exemptions.namespaces[0]", "should match"),
-    ("node-selector-key-bad", _set("pricing.nodeOverrides", [
-        {"nodeSelector": {"bad key!": "x"}, "pricePerHour": 1}]),
-     "spec.pricing.nodeOverrides[0].nodeSelector", "must be a label key"),
     ("instance-type-bad", _set("pricing.priceBook", {"instanceTypes": {"m5 large!": 1}}),
      "spec.pricing.priceBook.instanceTypes", "label values"),
     ("amount-huge", _set("budget.amount", 1e300), "spec.budget.amount", "less than or equal to"),
     ("rate-huge", _set("pricing.rateCard.cpuCoreHour", 1e300),
      "spec.pricing.rateCard.cpuCoreHour", "less than or equal to"),
-    ("ratio-zero", _set("pricing.priceBook", {"instanceTypes": {"m5": 1},
-                                              "cpuToMemoryCostRatio": 0}),
-     "spec.pricing.priceBook.cpuToMemoryCostRatio", "greater than or equal to 0.001"),
     ("multiplier-huge", _set("anomaly.staticThresholdMultiplier", 1e300),
      "spec.anomaly.staticThresholdMultiplier", "less than or equal to"),
     ("min-samples-huge", _set("rightsizing.minSamples", 10**12),
@@ -225,6 +217,10 @@ def test_invalid_policy_is_refused_by_the_models_too(
         CostPolicySpec.model_validate(doc["spec"])
 
 
+@pytest.mark.parametrize(
+    ("mutate", "field", "words"),
+    [pytest.param(m, f, w, id=i) for i, m, f, w in INVALID],
+)
 def test_invalid_policy_is_refused_naming_the_field(
     cluster: ClusterHandle, mutate: Callable[[Spec], None], field: str, words: str
 ) -> None:
