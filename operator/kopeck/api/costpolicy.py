@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -194,6 +194,14 @@ class PolicySelector(LabelSelector):
         default=None, max_length=MAX_LABELS
     )
     """Set-based requirements that must all hold."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_plain_selector(cls, data: Any) -> Any:
+        """A plain LabelSelector is re-checked with this class's stricter rules."""
+        if isinstance(data, LabelSelector) and not isinstance(data, cls):
+            return data.model_dump(exclude_none=True)
+        return data
 
 
 class Scope(KopeckModel):
