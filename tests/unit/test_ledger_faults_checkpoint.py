@@ -103,3 +103,61 @@ def test_a_duplicate_waits_until_the_first_fold_is_durable() -> None:
         assert (await asyncio.wait_for(second, 5))[0] == 503
 
     run(scenario)
+
+
+class OneRecordRefusedKube(FaultyKube):
+    """The apiserver refuses one record for good (its namespace is gone): 404."""
+
+    refused = "/namespaces/shop/"
+
+    async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.refused in path:
+            raise ApiError(404, {"message": "namespace shop not found"}, "PATCH")
+        return await super().merge_patch(path, body)
+
+
+def test_a_record_refused_for_good_holds_back_only_the_reports_that_changed_it() -> None:
+    import datetime as dt
+    from decimal import Decimal
+
+    from test_operator_endpoint import pod_usage, policy_manifest, report
+
+    from kopeck.operator.costpolicies import remember
+    from kopeck.operator.state import PodInfo
+    from kopeck.operator.workloads import PodShape, Workload, WorkloadKey
+
+    async def main() -> None:
+        kube = OneRecordRefusedKube()
+        state = make_state(kube)
+        remember(state, __import__("json").loads(policy_manifest("q", "other", amount=None)))
+        state.namespaces["other"] = {"kubernetes.io/metadata.name": "other"}
+        state.pods["u2"] = PodInfo("u2", "other", "api-1", "n2",
+                                   Workload(WorkloadKey("other", "Deployment", "api", "apps/v1")),
+                                   PodShape(Decimal(1), Decimal(2**30)))
+        checkpointer = Checkpointer(state)
+        task = asyncio.create_task(checkpointer.run())
+        ingest = Ingest(state, checkpointer)
+
+        async def authenticate(token: str) -> Probe:
+            return Probe(username=PROBE, node=None)
+
+        ingest.reviewer.authenticate = authenticate  # type: ignore[method-assign]
+        client = TestClient(TestServer(ingest.app()))
+        await client.start_server()
+        try:
+            code, _ = await asyncio.wait_for(post(client, body(1), "good"), 10)
+            assert code == 503  # shop's record cannot be written: never acked
+            other = report(node="n2", boot_id="b2", seq=1,
+                           end=dt.datetime(2026, 11, 23, 12, 0, 5, tzinfo=dt.UTC),
+                           pods=[pod_usage("u2", "other", "api-1", cpu_core_seconds=1,
+                                           working_set=2**20)])
+            code, _ = await asyncio.wait_for(post(client, other, "good"), 10)
+            assert code == 200  # a report that did not change shop's record is not held back
+            assert any("/namespaces/other/" in p for p in kube.statuses)
+            code, _ = await asyncio.wait_for(post(client, body(1), "good"), 10)
+            assert code == 503  # still not written: still not acked
+        finally:
+            await client.close()
+            task.cancel()
+
+    asyncio.run(main())

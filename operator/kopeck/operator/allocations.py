@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from kopeck.accounting.ledger import (
@@ -89,6 +90,10 @@ class Checkpointer:
         self._wake = asyncio.Event()
         self._done = asyncio.Condition()
         self._failed_at = -1
+        self._written: dict[AccKey, int] = {}
+        """Record -> the generation up to which it is durable."""
+        self._refused: dict[AccKey, int] = {}
+        """Record -> the generation of its last failed write (it stays dirty)."""
         self._existing: set[tuple[str, str]] = set()
         self.writes = 0
         self.flush_seconds = 0.0
@@ -99,15 +104,32 @@ class Checkpointer:
         self._wake.set()
         return self.generation
 
-    async def wait_durable(self, generation: int, timeout: float = 20.0) -> None:
-        """Wait until a flush covering `generation` succeeded; FlushError if it failed."""
+    def is_durable(self, needs: Mapping[AccKey, int]) -> bool:
+        """Whether every record was written at or after the generation it needs."""
+        return all(self._written.get(k, 0) >= g for k, g in needs.items())
+
+    async def wait_durable(self, generation: int, needs: Mapping[AccKey, int] | None = None,
+                           timeout: float = 20.0) -> None:
+        """Wait until what a report changed is durable; FlushError if a write failed.
+
+        needs: record -> the generation whose flush makes its change durable (None: every
+        record, up to `generation`). Per record, so a record the apiserver refuses holds back
+        only the reports that changed it; only flushes from `generation` on count as failed.
+        """
+        def settled() -> bool:
+            if needs is None:
+                return self.flushed >= generation or self._failed_at >= generation
+            return all(self._written.get(k, 0) >= g or self._refused.get(k, -1) >= generation
+                       for k, g in needs.items())
+
+        def durable() -> bool:
+            return self.flushed >= generation if needs is None else self.is_durable(needs)
+
         async def _cond() -> None:
             async with self._done:
-                await self._done.wait_for(
-                    lambda: self.flushed >= generation or self._failed_at >= generation
-                )
+                await self._done.wait_for(settled)
         await asyncio.wait_for(_cond(), timeout)
-        if self.flushed < generation:
+        if not durable():
             raise FlushError("checkpoint failed; the report will be resent")
 
     async def run(self) -> None:
@@ -118,7 +140,7 @@ class Checkpointer:
             self._wake.clear()
             generation = self.generation
             try:
-                ok = await self.flush()
+                ok = await self.flush(generation)
             except Exception:  # the loop must outlive any fault; the records stayed dirty
                 log.exception("checkpoint flush failed")
                 ok = False
@@ -132,8 +154,11 @@ class Checkpointer:
             if not ok:
                 await asyncio.sleep(1.0)
 
-    async def flush(self) -> bool:
-        """Write every dirty record; failed ones stay dirty. True when all succeeded."""
+    async def flush(self, generation: int = 0) -> bool:
+        """Write every dirty record; failed ones stay dirty. True when all succeeded.
+
+        The dirty set is taken before the first await, so everything folded up to
+        `generation` is in this flush (or in an earlier one)."""
         state = self.state
         keys, state.dirty = state.dirty, set()
         if not keys:
@@ -169,6 +194,13 @@ class Checkpointer:
                     log.warning("checkpoint of %s/%s failed: %r", akey[0].ref, akey[1], res)
         finally:  # on every path (any exception, cancellation) unwritten records stay dirty
             state.dirty |= keys - written
+            for k in written:
+                self._written[k] = max(self._written.get(k, 0), generation)
+            for k in keys - written:
+                self._refused[k] = max(self._refused.get(k, -1), generation)
+            if len(self._written) > 2 * len(state.accs) + 1024:  # records gone from memory
+                self._written = {k: g for k, g in self._written.items() if k in state.accs}
+                self._refused = {k: g for k, g in self._refused.items() if k in state.accs}
             state.counters["checkpoint_writes"] += len(snapshot) - len(keys - written)
             state.counters["checkpoint_failures"] += len(keys) - len(written)
             self.flush_seconds += time.monotonic() - started

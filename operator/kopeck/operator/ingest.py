@@ -32,7 +32,7 @@ from kopeck.operator.fold import fold_report, resolve_pod
 from kopeck.operator.kube import ApiError
 from kopeck.operator.pods import fetch_pod
 from kopeck.operator.probe_auth import ProbeAuthenticator, Refusal
-from kopeck.operator.state import State, period_kind, spawn, utcnow
+from kopeck.operator.state import AccKey, State, period_kind, spawn, utcnow
 
 log = logging.getLogger("kopeck.ingest")
 INGEST_PATH = "/v1/reports"
@@ -56,8 +56,8 @@ class Ingest:
         self.checkpointer = checkpointer
         self.reviewer = reviewer or ProbeAuthenticator(state)
         self.on_hits = on_hits
-        self._folded_at: dict[tuple[str, str, int], int] = {}
-        """(node, bootId, seq) -> the checkpoint generation that makes its fold durable."""
+        self._folded_at: dict[tuple[str, str, int], dict[AccKey, int]] = {}
+        """(node, bootId, seq) -> record -> the generation whose flush makes its fold durable."""
 
     def app(self) -> web.Application:
         """The aiohttp application (served over TLS by `serve`)."""
@@ -122,17 +122,20 @@ class Ingest:
         now = utcnow()
         result = fold_report(state, report, now)
         state.node_seen[report.node] = time.time()
-        generation = self.checkpointer.bump() if (result.touched or state.dirty) else None
+        generation = self.checkpointer.bump() if result.touched else None
+        needs = dict.fromkeys(result.touched, generation or 0)
         mark = (report.node, report.boot_id, report.seq)
-        if result.duplicate:  # acked only once the write that first folded it is durable
-            first = self._folded_at.get(mark)
-            if first is not None and first > self.checkpointer.flushed:
-                generation = max(generation or 0, first)
-        elif generation is not None:
+        first = self._folded_at.get(mark)
+        if first is not None and not self.checkpointer.is_durable(first):
+            # a resend: acked only once the write that first folded it is durable
+            if generation is None:
+                generation = self.checkpointer.bump()  # a flush (a retry) from now on
+            needs = {**first, **needs}
+        if result.touched:
             if len(self._folded_at) > 100_000:
-                flushed = self.checkpointer.flushed
-                self._folded_at = {k: g for k, g in self._folded_at.items() if g > flushed}
-            self._folded_at[mark] = generation
+                self._folded_at = {m: f for m, f in self._folded_at.items()
+                                   if not self.checkpointer.is_durable(f)}
+            self._folded_at[mark] = needs
         if not result.duplicate:
             node_cost = metrics.NODE_COST.labels(report.node, result.currency, "total")
             node_cost.inc(float(result.node_cost))
@@ -146,7 +149,7 @@ class Ingest:
                 await self.on_hits(hits)
         if generation is not None:
             try:
-                await self.checkpointer.wait_durable(generation)
+                await self.checkpointer.wait_durable(generation, needs)
             except (TimeoutError, FlushError):
                 metrics.REPORTS.labels("unsaved").inc()
                 return _error(503, "could not checkpoint; resend later", retry_after=1)
