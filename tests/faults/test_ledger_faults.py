@@ -142,29 +142,6 @@ def _check(row: dict[str, Any], op: OperatorProcess) -> None:
     assert row["passed"], f"{row}\n{op.log_tail()}"
 
 
-def test_connections_to_the_apiserver_cut_at_random(
-    cluster: ClusterHandle, namespace: str, proxied_operator: tuple[OperatorProcess, TcpProxy],
-    fault_results: list[dict[str, Any]],
-) -> None:
-    op, proxy = proxied_operator
-    sc = Scenario(cluster, namespace, op)
-    rng = random.Random(20261202)
-
-    proxy.latency_s = 0.05  # answers in flight long enough to be cut in the middle
-
-    def cut() -> None:
-        time.sleep(rng.uniform(0.1, 0.6))
-        proxy.cut(graceful=rng.random() < 0.5)  # RST, or FIN (ServerDisconnectedError)
-
-    try:
-        deliver_all(sc, range(1, 31), cut)
-    finally:
-        row = sc.outcome("apiserver-connections-cut", 30)
-        fault_results.append(row)
-    assert proxy.cuts > 0
-    _check(row, op)
-
-
 def test_apiserver_unreachable_for_5s_in_the_middle(
     cluster: ClusterHandle, namespace: str, proxied_operator: tuple[OperatorProcess, TcpProxy],
     fault_results: list[dict[str, Any]],
