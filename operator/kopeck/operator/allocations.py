@@ -86,10 +86,8 @@ class Checkpointer:
     def __init__(self, state: State) -> None:
         self.state = state
         self.generation = 0
-        self.flushed = 0
         self._wake = asyncio.Event()
         self._done = asyncio.Condition()
-        self._failed_at = -1
         self._written: dict[AccKey, int] = {}
         """Record -> the generation up to which it is durable."""
         self._refused: dict[AccKey, int] = {}
@@ -99,7 +97,7 @@ class Checkpointer:
         self.flush_seconds = 0.0
 
     def bump(self) -> int:
-        """Note new dirty state; the returned generation is durable once `flushed` reaches it."""
+        """Note new dirty state; a report waits for the flush of this generation (wait_durable)."""
         self.generation += 1
         self._wake.set()
         return self.generation
@@ -108,28 +106,22 @@ class Checkpointer:
         """Whether every record was written at or after the generation it needs."""
         return all(self._written.get(k, 0) >= g for k, g in needs.items())
 
-    async def wait_durable(self, generation: int, needs: Mapping[AccKey, int] | None = None,
+    async def wait_durable(self, generation: int, needs: Mapping[AccKey, int],
                            timeout: float = 20.0) -> None:
         """Wait until what a report changed is durable; FlushError if a write failed.
 
-        needs: record -> the generation whose flush makes its change durable (None: every
-        record, up to `generation`). Per record, so a record the apiserver refuses holds back
+        needs: record -> the generation whose flush makes its change durable. Per record, so a record the apiserver refuses holds back
         only the reports that changed it; only flushes from `generation` on count as failed.
         """
         def settled() -> bool:
-            if needs is None:
-                return self.flushed >= generation or self._failed_at >= generation
             return all(self._written.get(k, 0) >= g or self._refused.get(k, -1) >= generation
                        for k, g in needs.items())
-
-        def durable() -> bool:
-            return self.flushed >= generation if needs is None else self.is_durable(needs)
 
         async def _cond() -> None:
             async with self._done:
                 await self._done.wait_for(settled)
         await asyncio.wait_for(_cond(), timeout)
-        if not durable():
+        if not self.is_durable(needs):
             raise FlushError("checkpoint failed; the report will be resent")
 
     async def run(self) -> None:
@@ -145,10 +137,7 @@ class Checkpointer:
                 log.exception("checkpoint flush failed")
                 ok = False
             async with self._done:
-                if ok:
-                    self.flushed = max(self.flushed, generation)
-                else:
-                    self._failed_at = max(self._failed_at, generation)
+                if not ok:
                     self._wake.set()  # retry soon
                 self._done.notify_all()
             if not ok:
