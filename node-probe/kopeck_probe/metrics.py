@@ -25,6 +25,8 @@ from kopeck.api.report import PodUsage
 
 @dataclass
 class _Container:
+    name: str = ""
+    """'' until the runtime names it; unnamed containers get no series."""
     cpu_seconds: float = 0.0
     memory_working_set: int = 0
     io_read: int = 0
@@ -41,6 +43,7 @@ class _Pod:
     memory_byte_seconds: float = 0.0
     net: dict[tuple[str, str, str], int] = field(default_factory=dict)
     containers: dict[str, _Container] = field(default_factory=dict)
+    """By container id (by name where the runtime gives no id)."""
 
 
 @dataclass
@@ -89,8 +92,8 @@ class ProbeMetrics(Collector):
                     key = (n.direction, n.traffic_class, n.source)
                     cur.net[key] = cur.net.get(key, 0) + n.bytes
                 for c in p.containers:
-                    label = c.name or (c.container_id or "")[:12]
-                    cc = cur.containers.setdefault(label, _Container())
+                    cc = cur.containers.setdefault(c.container_id or c.name, _Container())
+                    cc.name = c.name or cc.name
                     cc.cpu_seconds += c.cpu_core_seconds
                     cc.memory_working_set = c.memory_working_set_bytes
                     cc.io_read += c.io_read_bytes
@@ -137,7 +140,10 @@ class ProbeMetrics(Collector):
                 mbs.add_metric(lv, p.memory_byte_seconds, timestamp=ts)
                 for (direction, cls, source), b in p.net.items():
                     net.add_metric([*lv, direction, cls, source], b, timestamp=ts)
-                for cname, c in p.containers.items():
+                for c in p.containers.values():
+                    if not c.name:
+                        continue
+                    cname = c.name
                     ccpu.add_metric([*lv, cname], c.cpu_seconds, timestamp=ts)
                     cmem.add_metric([*lv, cname], c.memory_working_set, timestamp=ts)
                     cio.add_metric([*lv, cname, "read"], c.io_read, timestamp=ts)

@@ -1,12 +1,14 @@
 """The probe on the real kernel: pods in kubelet-layout cgroups (kopeck.localcluster.sandbox)
 running real stress-ng / python, compared with the kernel's own accounting.
 
-CPU figures are compared with the pod cgroup's own counters (cpuacct.usage, cpu.stat), never
-with wall time: the machine is shared.
+CPU figures are compared with the pod cgroup's own counters (cpuacct.usage, cpu.stat) and
+with the process tree's own rusage (wait4), never with wall time: the machine is shared, and
+stress-ng's duty cycle is wall-time based, so what it burns depends on what else runs.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -109,7 +111,10 @@ def test_cpu_matches_kernel_accounting(host: SandboxHost, tmp_path: Path) -> Non
         if "cpu" in host.layout:
             favour(host, pod)
         proc = pod.run(["stress-ng", "--cpu", "1", "--cpu-load", "50", "--timeout", "20s", "-q"])
-        assert proc.wait(timeout=60) == 0
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        assert proc.returncode == 0
+        rusage = usage.ru_utime + usage.ru_stime
         time.sleep(1.5)
         kernel = kernel_cpu_seconds(pod)
         pod.close()
@@ -117,10 +122,13 @@ def test_cpu_matches_kernel_accounting(host: SandboxHost, tmp_path: Path) -> Non
     got = charged(run.reports, pod.uid)
     print(
         f"\n[{host.driver}] probe {got:.4f} core-s, kernel {kernel:.4f} core-s, "
-        f"error {100 * (got - kernel) / kernel:+.3f}% ; vs 10 core-s {100 * (got - 10) / 10:+.2f}%"
+        f"error {100 * (got - kernel) / kernel:+.3f}% ; rusage {rusage:.4f} core-s "
+        f"({100 * (got - rusage) / rusage:+.3f}%) ; vs stress-ng's 10 core-s aim "
+        f"{100 * (got - 10) / 10:+.2f}%"
     )
     assert got == pytest.approx(kernel, rel=0.02)
-    assert got == pytest.approx(10.0, rel=0.05)
+    assert got == pytest.approx(rusage, rel=0.02)
+    assert got > 5.0, "stress-ng ran far below its 50% duty cycle: the comparison means little"
     ended = [p for r in run.reports for p in r.pods if p.uid == pod.uid and p.ended]
     assert len(ended) == 1
 

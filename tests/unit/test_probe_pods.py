@@ -131,3 +131,32 @@ def test_metrics_exposition() -> None:
     assert "kopeck_probe_push_failures_total 3.0" in text
     m.fold([usage.model_copy(update={"ended": True})])
     assert "cart-0" not in generate_latest(registry_with(m)).decode()
+
+
+def test_container_series_waits_for_the_name_and_keeps_what_came_before() -> None:
+    """A container first seen before the runtime named it gets no series of its own.
+
+    An id-labelled series that later becomes a name-labelled one splits a workload's history
+    in two (Prometheus then sees a container named after an id); its seconds belong to the
+    named series."""
+    m = ProbeMetrics()
+
+    def usage(name: str, cpu: float) -> PodUsage:
+        return PodUsage(
+            uid="u-1", namespace="shop", name="cart-0", cpu_core_seconds=cpu,
+            memory_working_set_bytes=1, memory_byte_seconds=1.0,
+            containers=[ContainerUsage(name=name, container_id="c" * 64,
+                                       cpu_core_seconds=cpu, memory_working_set_bytes=1)],
+        )  # fmt: skip
+
+    m.fold([usage("", 1.0)])
+    text = generate_latest(registry_with(m)).decode()
+    assert "kopeck_container_cpu_seconds_total{" not in text
+    assert 'container="cccccccccccc"' not in text
+    m.fold([usage("app", 0.5)])
+    text = generate_latest(registry_with(m)).decode()
+    assert 'container="cccccccccccc"' not in text
+    assert (
+        'kopeck_container_cpu_seconds_total{container="app",namespace="shop",pod="cart-0",uid="u-1"} 1.5'
+        in text
+    )
