@@ -29,7 +29,9 @@ from typing import Any
 import aiohttp
 
 from kopeck.operator.kube import Credentials
-from kopeck.operator.testing import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
+from tests.support.operator import (
     deployment_manifest,
     kubectl_for,
     percentile,

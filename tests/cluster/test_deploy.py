@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from kopeck.localcluster.handle import ClusterHandle
-from kopeck.operator.testing import OperatorProcess, policy_manifest, report
+from tests.support.operator import OperatorProcess, policy_manifest, report
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from kopeck.localcluster.handle import ClusterHandle
-from kopeck.operator.testing import (
+from tests.support.operator import (
     OperatorProcess,
     deployment_manifest,
     pod_usage,

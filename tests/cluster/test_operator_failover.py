@@ -12,7 +12,7 @@ import pytest
 
 from kopeck.accounting.periods import period_at
 from kopeck.localcluster.handle import ClusterHandle
-from kopeck.operator.testing import (
+from tests.support.operator import (
     OperatorProcess,
     deployment_manifest,
     pod_usage,

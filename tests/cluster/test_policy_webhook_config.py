@@ -13,9 +13,9 @@ from kopeck.operator.costpolicies import remember
 from kopeck.operator.kube import Credentials, Kube
 from kopeck.operator.settings import Settings
 from kopeck.operator.state import PolicyEntry, State
-from kopeck.operator.testing import policy_manifest
 from kopeck.operator.webhook import desired_webhooks
 from kopeck.operator.workloads import OwnerResolver
+from tests.support.operator import policy_manifest
 
 
 def test_broken_policy_does_not_make_the_configuration_fail(cluster: ClusterHandle) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from kopeck.localcluster.handle import ClusterHandle
-from kopeck.operator.testing import OperatorProcess, probe_token, report, running_operator
+from tests.support.operator import OperatorProcess, probe_token, report, running_operator
 
 pytestmark = pytest.mark.cluster
 AUDIENCE = "kopeck-ingest"

@@ -18,7 +18,7 @@ from kopeck.accounting.periods import period_at
 from kopeck.accounting.prices import NodeFacts, rates_for_node
 from kopeck.api.costpolicy import Pricing
 from kopeck.localcluster.handle import ClusterHandle
-from kopeck.operator.testing import (
+from tests.support.operator import (
     OperatorProcess,
     deployment_manifest,
     policy_manifest,

@@ -38,8 +38,9 @@ from prometheus_api_client import PrometheusConnect
 
 from kopeck.api.costpolicy import Rightsizing
 from kopeck.demo import scenario
+from kopeck.demo.operator_process import OperatorProcess
 from kopeck.demo.stack import Stack, StackSettings
-from kopeck.operator.testing import OperatorProcess, free_port
+from kopeck.localcluster.cluster import free_port
 from kopeck.rightsizing import PercentileSettings, PercentileStrategy, Resources, propose
 from kopeck.rightsizing.histogram import CPU_BUCKETS
 from kopeck.rightsizing.prometheus import PrometheusHistorySource, pod_regex

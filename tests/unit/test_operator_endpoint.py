@@ -20,8 +20,8 @@ from kopeck.operator.kube import ApiError, Credentials, Kube
 from kopeck.operator.probe_auth import ProbeAuthenticator
 from kopeck.operator.settings import Settings
 from kopeck.operator.state import PodInfo, State
-from kopeck.operator.testing import pod_usage, policy_manifest, report
 from kopeck.operator.workloads import OwnerResolver, Workload
+from tests.support.operator import pod_usage, policy_manifest, report
 
 Client = TestClient[web.Request, web.Application]
 PROBE = "system:serviceaccount:ops:probe"

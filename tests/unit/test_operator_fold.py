@@ -14,8 +14,8 @@ from kopeck.operator.fold import fold_report
 from kopeck.operator.kube import Credentials, Kube
 from kopeck.operator.settings import Settings
 from kopeck.operator.state import PodInfo, State
-from kopeck.operator.testing import pod_usage, policy_manifest, report
 from kopeck.operator.workloads import OwnerResolver, Workload
+from tests.support.operator import pod_usage, policy_manifest, report
 
 UTC = dt.UTC
 T = dt.datetime(2026, 11, 23, 12, tzinfo=UTC)

@@ -17,10 +17,10 @@ from kopeck.operator.kube import Credentials, Kube, resource_path
 from kopeck.operator.leader import is_leader
 from kopeck.operator.settings import Settings
 from kopeck.operator.state import State
-from kopeck.operator.testing import policy_manifest
 from kopeck.operator.tls import ensure_serving_cert
 from kopeck.operator.webhook import deny_message, desired_webhooks
 from kopeck.operator.workloads import OwnerResolver
+from tests.support.operator import policy_manifest
 
 UTC = dt.UTC
 NOW = dt.datetime(2026, 11, 23, 12, tzinfo=UTC)

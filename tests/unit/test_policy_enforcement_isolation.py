@@ -19,9 +19,9 @@ from kopeck.operator.costpolicies import compute_status, remember, write_status
 from kopeck.operator.kube import ApiError, Credentials, Kube
 from kopeck.operator.settings import Settings
 from kopeck.operator.state import PolicyEntry, State
-from kopeck.operator.testing import policy_manifest
 from kopeck.operator.webhook import desired_webhooks, refused_by_server, refused_policy
 from kopeck.operator.workloads import OwnerResolver
+from tests.support.operator import policy_manifest
 
 NOW = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
 

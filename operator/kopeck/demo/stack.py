@@ -20,11 +20,11 @@ from pathlib import Path
 from types import TracebackType
 
 from kopeck.api.crdgen import all_crds, render
+from kopeck.demo.operator_process import OperatorProcess
 from kopeck.localcluster.build import Progress, ensure_binaries
 from kopeck.localcluster.cluster import LocalCluster, free_port
 from kopeck.localcluster.handle import ClusterHandle
 from kopeck.localcluster.kubelet import MiniKubelet, NodeSettings
-from kopeck.operator.testing import OperatorProcess
 
 PROBE_ACCOUNT = "kopeck-node-probe"
 SYSTEM_NAMESPACE = "kopeck-system"
