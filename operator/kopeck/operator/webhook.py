@@ -38,8 +38,13 @@ from kopeck.accounting.periods import period_at
 from kopeck.accounting.prices import GIB, HOUR, NodeFacts, Rates, rates_for_node
 from kopeck.accounting.summary import money_text
 from kopeck.api.allocation import Proposal
-from kopeck.api.common import API_VERSION
-from kopeck.api.costpolicy import POLICY_NAME_MAX, label_key_problem, label_value_problem
+from kopeck.api.common import API_VERSION, LabelSelector
+from kopeck.api.costpolicy import (
+    POLICY_NAME_MAX,
+    CostPolicySpec,
+    label_key_problem,
+    label_value_problem,
+)
 from kopeck.operator import metrics
 from kopeck.operator.conditions import post_event
 from kopeck.operator.costpolicies import PLURAL as POLICY_PLURAL
@@ -425,8 +430,158 @@ def selector_problem(field: str, sel: Mapping[str, Any]) -> str | None:
     return None
 
 
+# Requests that cannot change a decision never reach the webhook: CEL match conditions,
+# evaluated inside the apiserver, mirror judge()'s early returns. A condition is True when the
+# request must be judged; every one must hold for the apiserver to call us. A guard that
+# cannot be evaluated (a field missing) always lands on "call".
+_OPERATION_DELETE = "request.operation == 'DELETE'"
+_SCALE = "(has(request.subResource) && request.subResource == 'scale')"
+_JUDGED = {"new": "object", "old": "oldObject"}
+
+
+def _cel_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _cel_labels(obj: str) -> str:
+    return f"(has({obj}.metadata.labels) ? {obj}.metadata.labels : {{}})"
+
+
+def _cel_selector(sel: LabelSelector, labels: str) -> str:
+    """CEL true exactly when `selector_matches(sel, labels)` is."""
+    terms = []
+    for key, value in sorted((sel.match_labels or {}).items()):
+        k = _cel_string(key)
+        terms.append(f"({k} in {labels} && {labels}[{k}] == {_cel_string(value)})")
+    for req in sel.match_expressions or []:
+        k = _cel_string(req.key)
+        values = "[" + ", ".join(_cel_string(v) for v in req.values or []) + "]"
+        has_value = f"({k} in {labels} && {labels}[{k}] in {values})"
+        terms.append({
+            "In": has_value, "NotIn": f"!{has_value}",
+            "Exists": f"({k} in {labels})", "DoesNotExist": f"!({k} in {labels})",
+        }[req.operator])
+    return " && ".join(terms) or "true"
+
+
+def _cel_judged_selector(sel: LabelSelector) -> str:
+    """The selector over the labels judge() reads: the new object's, the old one on DELETE."""
+    return (f"({_OPERATION_DELETE} ? ({_cel_selector(sel, _cel_labels('oldObject'))}) "
+            f": ({_cel_selector(sel, _cel_labels('object'))}))")
+
+
+def _cel_path(obj: str, fields: tuple[str, ...], default: str) -> str:
+    """obj.f1...fn when every step exists, else `default`."""
+    guards, expr = [], obj
+    for f in fields:
+        guards.append(f"has({expr}.{f})")
+        expr = f"{expr}.{f}"
+    return f"({' && '.join(guards)} ? {expr} : {default})"
+
+
+# resource -> (path of the pod spec, path of the replica count) as template_of() and
+# replicas_of() read them; a DaemonSet's count (the nodes) and a Pod's (1) never change in
+# an update.
+_SHAPE_PATHS: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
+    "deployments": (("spec", "template", "spec"), ("spec", "replicas")),
+    "statefulsets": (("spec", "template", "spec"), ("spec", "replicas")),
+    "daemonsets": (("spec", "template", "spec"), None),
+    "jobs": (("spec", "template", "spec"), ("spec", "parallelism")),
+    "cronjobs": (("spec", "jobTemplate", "spec", "template", "spec"),
+                 ("spec", "jobTemplate", "spec", "parallelism")),
+    "pods": (("spec",), None),
+}
+
+
+def _cel_by_resource(obj: str, pick: Any, other: str) -> str:
+    """A ternary over request.resource.resource choosing pick(obj, resource) (else `other`)."""
+    expr = other
+    for resource in reversed(list(_SHAPE_PATHS)):
+        expr = (f"(request.resource.resource == {_cel_string(resource)} ? "
+                f"{pick(obj, resource)} : {expr})")
+    return expr
+
+
+def _cel_same_spend() -> str:
+    """CEL true when an UPDATE cannot add spend: what pod_shape() reads is equal in object
+    and oldObject (a missing pod spec never is) and the replica count did not grow."""
+    def spec(obj: str, resource: str) -> str:
+        return _cel_path(obj, _SHAPE_PATHS[resource][0], "{}")
+
+    def count(obj: str, resource: str) -> str:
+        path = _SHAPE_PATHS[resource][1]
+        return _cel_path(obj, path, "1") if path else "0"
+
+    def each(i: int, field: str, part: str, empty: str) -> str:
+        return (f"(has(s[{i}].{field}) ? s[{i}].{field} : []).map(c, "
+                f"has(c.{part}) ? c.{part} : {empty})")
+
+    same = [
+        "has(s[0].containers) && has(s[1].containers)",
+        *(f"{each(0, f, part, empty)} == {each(1, f, part, empty)}"
+          for f, part, empty in (("containers", "resources", "{}"),
+                                 ("initContainers", "resources", "{}"),
+                                 ("initContainers", "restartPolicy", "''"))),
+        "(has(s[0].overhead) ? s[0].overhead : {}) == (has(s[1].overhead) ? s[1].overhead : {})",
+    ]
+    specs = [_cel_by_resource(obj, spec, "{}") for obj in ("object", "oldObject")]
+    counts = [_cel_by_resource(obj, count, "0") for obj in ("object", "oldObject")]
+    return f"[[{specs[0]}, {specs[1]}]].all(s, {' && '.join(same)}) && {counts[0]} <= {counts[1]}"
+
+
+def _cel_scale_not_up() -> str:
+    counts = []
+    for obj in ("object", "oldObject"):
+        counts.append(f"(has({obj}.spec) && has({obj}.spec.replicas) ? {obj}.spec.replicas : 0)")
+    return f"{counts[0]} <= {counts[1]}"
+
+
+def match_conditions(spec: CostPolicySpec) -> list[dict[str, str]]:
+    """The CEL conditions under which a request can change this policy's decision.
+
+    Mirrors judge(): pods with owner references are judged through their controller; a
+    workload the policy's selector does not select is another policy's; an exempt workload
+    is neither warned nor enforced, but its DELETE still releases a reservation; an UPDATE
+    that keeps requests and does not add replicas adds no spend (unless rightsizing
+    proposals warn on every change); without a budget only DELETEs (and, under Propose,
+    creates and updates) matter.
+    """
+    out = [{
+        "name": "kopeck-not-a-controllers-pod",
+        "expression": "request.resource.resource != 'pods' || !(" + (
+            f"{_OPERATION_DELETE} ? "
+            "(has(oldObject.metadata.ownerReferences) && size(oldObject.metadata.ownerReferences) > 0) : "
+            "(has(object.metadata.ownerReferences) && size(object.metadata.ownerReferences) > 0))"),
+    }]
+    scope = spec.scope.selector
+    if scope is not None and not scope.is_empty():
+        out.append({"name": "kopeck-selected-by-policy",
+                    "expression": f"{_SCALE} || {_cel_judged_selector(scope)}"})
+    exemptions = spec.exemptions
+    if exemptions is not None and exemptions.namespaces:
+        names = "[" + ", ".join(_cel_string(n) for n in exemptions.namespaces) + "]"
+        out.append({"name": "kopeck-namespace-not-exempt",
+                    "expression": f"{_OPERATION_DELETE} || !(request.namespace in {names})"})
+    if exemptions is not None and exemptions.selector is not None and not exemptions.selector.is_empty():
+        out.append({"name": "kopeck-workload-not-exempt", "expression": (
+            f"{_OPERATION_DELETE} || {_SCALE} || "
+            f"!({_cel_selector(exemptions.selector, _cel_labels('object'))})")})
+    proposes = spec.rightsizing.mode == "Propose"
+    if spec.budget is None:
+        out.append({"name": "kopeck-release-or-propose", "expression": (
+            f"{_OPERATION_DELETE} || !{_SCALE}" if proposes else _OPERATION_DELETE)})
+        return out
+    out.append({"name": "kopeck-scale-adds-replicas", "expression": (
+        f"!(request.operation == 'UPDATE' && {_SCALE} && {_cel_scale_not_up()})")})
+    if not proposes:
+        out.append({"name": "kopeck-update-adds-spend", "expression": (
+            f"!(request.operation == 'UPDATE' && !{_SCALE} && {_cel_same_spend()})")})
+    return out
+
+
 def desired_webhooks(state: State, url: str, ca_bundle: str) -> list[dict[str, Any]]:
-    """One webhook per policy: its namespace selector, its failurePolicy, our URL (or the
+    """One webhook per policy: its namespace selector, its match conditions (requests that
+    cannot change its decision stay in the apiserver), its failurePolicy, our URL (or the
     Service in front of us, when one is configured)."""
     service = state.settings.webhook_service_ref()
     hooks = []
@@ -469,6 +624,7 @@ def desired_webhooks(state: State, url: str, ca_bundle: str) -> list[dict[str, A
             ),
             "rules": rules,
             "namespaceSelector": ns_selector,
+            "matchConditions": match_conditions(spec),
             "failurePolicy": failure,
             "sideEffects": "NoneOnDryRun",
             "matchPolicy": "Equivalent",
