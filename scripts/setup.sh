@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything `make demo` and `make test` need on a fresh Debian machine, idempotently:
-# Debian packages, a Python venv with kopeck and its test tools, and the Go build of the
-# local control plane (cached outside the repo, in ~/.cache/kopeck or $KOPECK_CACHE).
+# Debian packages, a Python venv with kopeck and its test tools, and the Go builds of the
+# local control plane and of kube-score (cached outside the repo, in ~/.cache/kopeck or
+# $KOPECK_CACHE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,5 +42,9 @@ fi
 
 step "control plane binaries (Go build, cached)"
 .venv/bin/kopeck cluster build
+
+# kube-score scores the rendered deploy/base in tests/unit/test_kube_score.py.
+step "linters for the manifests (kube-score, Go build, cached)"
+.venv/bin/python scripts/build_tools.py
 
 printf '\nsetup done in %ss\n' "$(( $(date +%s) - t0 ))"
