@@ -53,6 +53,9 @@ class FoldResult:
     node_allocated: Decimal = ZERO
     """Compute cost charged to the node's pods over the interval."""
     currency: str = "USD"
+    node_rates: Rates | None = None
+    """The rates that priced the node's interval (for OpenCost's node price metrics)."""
+    node_facts: NodeFacts | None = None
 
 
 def node_facts(state: State, report: ProbeReport) -> NodeFacts:
@@ -175,6 +178,7 @@ def fold_report(state: State, report: ProbeReport, now: dt.datetime) -> FoldResu
     interval = NodeInterval(report.node, interval_s, node_cost, tuple(costs), node_cost - allocated)
     result.node_cost, result.node_allocated = node_cost, allocated
     result.currency = node_rates.currency
+    result.node_rates, result.node_facts = node_rates, facts
     if state.settings.share_idle:
         interval = share_idle(interval)
 

@@ -141,6 +141,7 @@ class Ingest:
             node_cost.inc(float(result.node_cost))
             metrics.NODE_COST.labels(report.node, result.currency, "allocated").inc(
                 float(result.node_allocated))
+            metrics.observe_report(state, report, result)
             state.counters["reports"] += 1
             state.counters["pods"] += len(report.pods)
             self._rates(result.spend_by_policy, report.interval_end)

@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 
 from kopeck.accounting.prices import NodeFacts
+from kopeck.operator import metrics
 from kopeck.operator.state import State
 from kopeck.rightsizing.quantity import QuantityError, parse_quantity
 
@@ -41,5 +42,7 @@ async def node_event(event: Mapping[str, Any], body: Mapping[str, Any], memo: An
     name = str((body.get("metadata") or {}).get("name", ""))
     if event.get("type") == "DELETED":
         state.nodes.pop(name, None)
+        metrics.note_node(name, None)
     else:
         state.nodes[name] = node_facts(body)
+        metrics.note_node(name, body)
