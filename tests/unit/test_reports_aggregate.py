@@ -151,7 +151,7 @@ def test_clear_errors(data: Dataset, period: str, namespace: str | None, words: 
 def test_no_allocations_and_bad_by() -> None:
     with pytest.raises(ReportError, match="no Allocations found"):
         select(dataset([]))
-    with pytest.raises(ReportError, match="namespace, workload or label:<key>"):
+    with pytest.raises(ReportError, match=r"namespace, workload \(or controller\), deployment or label:<key>"):
         parse_group_by("pod")
     with pytest.raises(ReportError):
         parse_group_by("label:")

@@ -3,7 +3,9 @@
 Groupings:
 - ``namespace``: the operator's namespace-total record when there is one (what
   ``kubectl get alloc`` shows), else the sum of that namespace's workload records;
-- ``workload``: one row per workload record;
+- ``workload`` (alias ``controller``): one row per workload record;
+- ``deployment``: one row per Deployment, the namespace's other workloads in one
+  ``__unallocated__`` row (as `kubectl cost deployment` shows them);
 - ``label:<key>``: Allocations carry no workload labels (only ``cost.kopeck.io/period`` and
   ``cost.kopeck.io/workload-kind``), so the value comes from the Allocation's own labels
   first, then from its namespace's labels; records with neither fall in ``__unallocated__``.
@@ -43,7 +45,7 @@ Window = Literal["period", "month"]
 class GroupBy:
     """How rows are keyed: by namespace, by workload, or by one label's value."""
 
-    kind: Literal["namespace", "workload", "label"]
+    kind: Literal["namespace", "workload", "deployment", "label"]
     label: str = ""
 
     @property
@@ -53,17 +55,23 @@ class GroupBy:
             return ("NAMESPACE",)
         if self.kind == "workload":
             return ("NAMESPACE", "WORKLOAD")
+        if self.kind == "deployment":
+            return ("NAMESPACE", "DEPLOYMENT")
         return (f"LABEL {self.label}",)
 
 
 def parse_group_by(text: str) -> GroupBy:
-    """`namespace`, `workload` or `label:<key>`; anything else is a ReportError saying so."""
-    if text in ("namespace", "workload"):
+    """`namespace`, `workload` (or `controller`), `deployment` or `label:<key>`; anything
+    else is a ReportError saying so."""
+    if text in ("namespace", "workload", "deployment"):
         return GroupBy(text)  # type: ignore[arg-type]
+    if text == "controller":
+        return GroupBy("workload")
     if text.startswith("label:") and text[6:].strip():
         return GroupBy("label", text[6:].strip())
     raise ReportError(
-        f"--by {text!r} is not understood: use namespace, workload or label:<key> "
+        f"--by {text!r} is not understood: use namespace, workload (or controller), deployment or "
+        "label:<key> "
         "(e.g. label:team; the key is looked up on the Allocation, then its namespace)"
     )
 
@@ -219,11 +227,15 @@ def _label_value(rec: AllocationRecord, key: str, ns_labels: Mapping[str, Mappin
 
 def _row_key(rec: AllocationRecord, by: GroupBy, data: Dataset) -> tuple[str, ...]:
     if rec.record_kind == "node":
+        if by.kind == "deployment":
+            return (IDLE_KEY, "")
         return (IDLE_KEY,) if by.kind != "workload" else (IDLE_KEY, f"node/{rec.workload}")
     if by.kind == "namespace":
         return (rec.namespace,)
     if by.kind == "workload":
         return (rec.namespace, f"{rec.kind.lower()}/{rec.workload}")
+    if by.kind == "deployment":
+        return (rec.namespace, rec.workload if rec.kind == "Deployment" else UNALLOCATED)
     return (_label_value(rec, by.label, data.namespace_labels),)
 
 

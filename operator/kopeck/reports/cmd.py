@@ -37,7 +37,10 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", help="kubeconfig context")
     parser.add_argument("--period", help="billing period name, e.g. 2026-11, 2026-W47, "
                                          "2026-11-23, or 'all' (default: the current ones)")
-    parser.add_argument("-n", "--namespace", help="only this namespace")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", help="only this namespace")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="every namespace (the default; as kubectl's -A)")
 
 
 def load(args: argparse.Namespace) -> Dataset:
@@ -51,10 +54,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `kopeck report`."""
     add_source_arguments(parser)
     parser.add_argument("--by", default="namespace",
-                        help="namespace (default), workload, or label:<key>")
+                        help="namespace (default), workload (alias controller), deployment, "
+                             "or label:<key>")
     parser.add_argument("--window", choices=["period", "month"], default="period",
                         help="period: totals of the window; month: rate per 730-hour month")
-    parser.add_argument("-o", "--output", choices=["table", "csv", "json"], default="table")
+    parser.add_argument("-o", "--output", choices=["table", "csv", "json"], default="table",
+                        help="table (default), csv or json; money as exact decimals in csv "
+                             "and json")
+    parser.add_argument("--show-all-resources", action="store_true",
+                        help="table: show GPU and STORAGE columns even when they are zero")
     parser.add_argument("--no-idle", action="store_true",
                         help="leave out the __idle__ row (unallocated node cost)")
     parser.add_argument("--plots", type=Path, metavar="DIR",
@@ -78,7 +86,8 @@ def heading(sel: Selection, window: Window, now: dt.datetime) -> str:
     return f"period {shown}{scope}: {what}"
 
 
-def render(rows: list[Row], by: GroupBy, window: Window, output: str, head: str) -> str:
+def render(rows: list[Row], by: GroupBy, window: Window, output: str, head: str,
+           all_columns: bool = False) -> str:
     """The report in the chosen output format."""
     if output == "csv":
         return rows_csv(rows, by)
@@ -90,7 +99,7 @@ def render(rows: list[Row], by: GroupBy, window: Window, output: str, head: str)
         }, indent=2) + "\n"
     from kopeck.reports.tables import table
 
-    return table(rows, by, window, head)
+    return table(rows, by, window, head, all_columns)
 
 
 def write_plots(
@@ -126,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         window: Window = args.window
         rows = aggregate(data, sel, by, window, now, idle=not args.no_idle)
         head = heading(sel, window, now)
-        sys.stdout.write(render(rows, by, window, args.output, head))
+        sys.stdout.write(render(rows, by, window, args.output, head,
+                                getattr(args, "show_all_resources", False)))
         if args.plots is not None:
             for path in write_plots(args.plots, data, sel, rows, by, window, head, now,
                                     args.top):

@@ -1,6 +1,6 @@
 """Aligned text tables in the style of `kubectl cost`: boxed, numbers right-aligned, a total.
 
-Columns for GPU and storage appear only when some row has such cost, and a CURRENCY column
+Columns for GPU and storage appear only when some row has such cost (or when asked), and a CURRENCY column
 only when rows of more than one currency are shown.
 """
 
@@ -30,11 +30,15 @@ def fmt_percent(value: float | None) -> str:
 
 
 def table(
-    rows: Sequence[Row], by: GroupBy, window: Window, heading: str = ""
+    rows: Sequence[Row], by: GroupBy, window: Window, heading: str = "",
+    all_columns: bool = False,
 ) -> str:
-    """The report as text: a heading line, a boxed table, and one TOTAL line per currency."""
+    """The report as text: a heading line, a boxed table, and one TOTAL line per currency.
+
+    `all_columns` shows GPU and STORAGE even when no row has such cost."""
     shown = [c for c in COMPONENTS
-             if c in ("cpu", "memory", "network", "idle") or any(r.cost[c] for r in rows)]
+             if all_columns or c in ("cpu", "memory", "network", "idle")
+             or any(r.cost[c] for r in rows)]
     currencies = sorted({r.currency for r in rows})
     places = money_places(rows)
     money_head = "MONTHLY RATE" if window == "month" else "TOTAL"
