@@ -99,6 +99,11 @@ def test_base_renders_every_part(base: list[dict[str, Any]]) -> None:
         ("Service", "kopeck-operator-metrics"),
         ("Service", "kopeck-node-probe-metrics"),
         ("ConfigMap", "kopeck-grafana-dashboard"),
+        ("PodDisruptionBudget", "kopeck-operator"),
+        ("NetworkPolicy", "kopeck-operator-webhook"),
+        ("NetworkPolicy", "kopeck-operator-ingest"),
+        ("NetworkPolicy", "kopeck-operator-metrics"),
+        ("NetworkPolicy", "kopeck-node-probe"),
     ]:
         assert want in kinds, f"{want} missing from deploy/base"
     deployment = next(d for d in base if d["kind"] == "Deployment")
@@ -119,6 +124,25 @@ def test_base_is_accepted_by_the_apiserver(
     assert run.returncode == 0, run.stderr
     accepted = set(run.stdout.split())
     assert len(accepted) == len(base), (sorted(accepted), run.stderr)
+
+
+def test_kind_overlay_is_accepted_and_narrows_the_address_rules(
+    cluster: ClusterHandle, system_namespace: str
+) -> None:
+    """The kind overlay passes the same server-side dry-run, and its webhook and ingest
+    NetworkPolicies admit kind's node network instead of every address."""
+    kind = render(cluster, REPO / "deploy" / "overlays" / "kind")
+    run = cluster.kubectl(
+        "apply", "-k", str(REPO / "deploy" / "overlays" / "kind"), "--dry-run=server",
+        "-o", "name", check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert len(set(run.stdout.split())) == len(kind), run.stdout
+    for name in ("kopeck-operator-webhook", "kopeck-operator-ingest"):
+        (pol,) = [d for d in kind if (d["kind"], d["metadata"]["name"]) == ("NetworkPolicy", name)]
+        cidrs = {p["ipBlock"]["cidr"] for r in pol["spec"]["ingress"] for p in r["from"]
+                 if "ipBlock" in p}  # fmt: skip
+        assert cidrs == {"172.16.0.0/12", "fc00:f853:ccd:e793::/64"}, (name, cidrs)
 
 
 def test_overlays_and_components_render(cluster: ClusterHandle, tmp_path: Path) -> None:
@@ -207,7 +231,8 @@ def test_pod_security(base: list[dict[str, Any]]) -> None:
     for spec in (op, probe):
         for c in spec["containers"]:
             res = c["resources"]
-            assert {"cpu", "memory"} <= res["requests"].keys() <= res["limits"].keys(), c["name"]
+            wanted = {"cpu", "memory", "ephemeral-storage"}
+            assert wanted <= res["requests"].keys() <= res["limits"].keys(), c["name"]
             assert not c["image"].endswith(":latest") and ":" in c["image"]
 
 

@@ -1,18 +1,22 @@
 """deploy/ files that must follow the code: CRD copies, kopf's peering CRD, the dashboard's
-metric names, and the settings the manifests pass to the operator and the probe."""
+metric names, the settings the manifests pass to the operator and the probe, the
+NetworkPolicies against the ports the pods open, and the probe's readiness command run
+against the probe's real /metrics."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, start_http_server
 
 from kopeck.api.crdgen import all_crds, render
 from kopeck.operator import metrics as operator_metrics
@@ -142,3 +146,87 @@ def test_images_carry_the_package_version() -> None:
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     for kind, name in (("Deployment", "kopeck-operator"), ("DaemonSet", "kopeck-node-probe")):
         assert _container(kind, name)["image"] == f"kopeck:{version}"
+
+
+def _all_docs() -> list[dict[str, Any]]:
+    return [d for path in sorted(BASE.glob("*.yaml")) for d in _docs(path)]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, selector  # the only form used here
+    return dict(selector.get("matchLabels", {})).items() <= labels.items()
+
+
+def test_network_policies_admit_each_port_from_its_callers() -> None:
+    """Each port a kopeck pod opens is admitted by a policy selecting that pod, by the named
+    port the container declares; metrics only from labelled namespaces, ingest from the
+    probe pods, and no policy selects nothing."""
+    docs = _all_docs()
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "DaemonSet")]
+    scraper = {"namespaceSelector": {"matchLabels": {"kopeck.io/metrics-scraper": "true"}}}
+    probe_pods = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "kopeck-node-probe"}}}
+    for pol in policies:
+        assert pol["metadata"]["namespace"] == "kopeck-system"
+        assert pol["spec"]["policyTypes"] == ["Ingress"]
+        sel = pol["spec"]["podSelector"]
+        assert any(_selects(sel, w["spec"]["template"]["metadata"]["labels"]) for w in workloads)
+    for w in workloads:
+        labels = w["spec"]["template"]["metadata"]["labels"]
+        mine = [p for p in policies if _selects(p["spec"]["podSelector"], labels)]
+        admitted: dict[str, list[dict[str, Any]]] = {}
+        for pol in mine:
+            for rule in pol["spec"]["ingress"]:
+                assert rule["from"], f"{pol['metadata']['name']}: a rule without `from` admits all"
+                for port in rule["ports"]:
+                    admitted.setdefault(port["port"], []).extend(rule["from"])
+        declared = {p["name"] for c in w["spec"]["template"]["spec"]["containers"]
+                    for p in c.get("ports", [])}  # fmt: skip
+        assert set(admitted) == declared, (w["metadata"]["name"], admitted, declared)
+        assert admitted["http-metrics"] == [scraper], w["metadata"]["name"]
+    op = next(w for w in workloads if w["kind"] == "Deployment")
+    op_labels = op["spec"]["template"]["metadata"]["labels"]
+    by_port = {r["ports"][0]["port"]: r["from"] for p in policies
+               if _selects(p["spec"]["podSelector"], op_labels)
+               for r in p["spec"]["ingress"]}  # fmt: skip
+    assert probe_pods in by_port["ingest"]
+    assert all(set(peer) == {"ipBlock"} for peer in by_port["webhook"]), by_port["webhook"]
+
+
+def test_pdb_selects_the_operator() -> None:
+    docs = _all_docs()
+    (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    op = next(d for d in docs if d["kind"] == "Deployment")
+    assert pdb["spec"]["minAvailable"] == 1 and op["spec"]["replicas"] == 2
+    assert pdb["spec"]["selector"] == op["spec"]["selector"]
+
+
+def test_probe_readiness_waits_for_the_first_sampling_cycle() -> None:
+    """The DaemonSet's readiness command, run against the probe's own /metrics (the same
+    collectors `kopeck probe` serves): not Ready before a cycle, Ready after one."""
+    c = _container("DaemonSet", "kopeck-node-probe")
+    (port,) = [p["containerPort"] for p in c["ports"] if p["name"] == "http-metrics"]
+    assert f"--metrics-port={port}" in c["args"]
+    argv = c["readinessProbe"]["exec"]["command"]
+    assert argv[:2] == ["python3", "-c"]
+    url = f"http://127.0.0.1:{port}/metrics"
+    assert url in argv[2], "the readiness command reads the probe's metrics port"
+    metrics = ProbeMetrics()
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry_with(metrics))
+    try:
+        script = argv[2].replace(url, f"http://127.0.0.1:{server.server_port}/metrics")
+
+        def ready() -> bool:
+            run = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30)
+            assert run.returncode in (0, 1), run.stderr
+            return run.returncode == 0
+
+        assert not ready()
+        metrics.health.cycles = 1
+        assert ready()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30)
+    assert run.returncode == 1, "no server: not Ready"
