@@ -142,6 +142,55 @@ def _check(row: dict[str, Any], op: OperatorProcess) -> None:
     assert row["passed"], f"{row}\n{op.log_tail()}"
 
 
+def test_connections_to_the_apiserver_cut_at_random(
+    cluster: ClusterHandle, namespace: str, proxied_operator: tuple[OperatorProcess, TcpProxy],
+    fault_results: list[dict[str, Any]],
+) -> None:
+    op, proxy = proxied_operator
+    sc = Scenario(cluster, namespace, op)
+    rng = random.Random(20261202)
+
+    proxy.latency_s = 0.05  # answers in flight long enough to be cut in the middle
+
+    def cut() -> None:
+        time.sleep(rng.uniform(0.1, 0.6))
+        proxy.cut(graceful=rng.random() < 0.5)  # RST, or FIN (ServerDisconnectedError)
+
+    try:
+        deliver_all(sc, range(1, 31), cut)
+    finally:
+        row = sc.outcome("apiserver-connections-cut", 30)
+        fault_results.append(row)
+    assert proxy.cuts > 0
+    _check(row, op)
+
+
+def test_apiserver_connections_blackholed_at_random(
+    cluster: ClusterHandle, namespace: str, proxied_operator: tuple[OperatorProcess, TcpProxy],
+    fault_results: list[dict[str, Any]],
+) -> None:
+    """Connections that stop answering without closing (a dead load balancer or NAT entry):
+    the operator gives up on them and carries on, and the probe's resends get their acks
+    in time."""
+    op, proxy = proxied_operator
+    sc = Scenario(cluster, namespace, op)
+    rng = random.Random(20261203)
+
+    def blackhole() -> None:
+        time.sleep(rng.uniform(1.0, 4.0))
+        proxy.blackhole()
+
+    started = time.monotonic()
+    try:
+        deliver_all(sc, range(1, 21), blackhole, deadline_s=30.0)
+    finally:
+        row = sc.outcome("apiserver-connections-blackholed", 20)
+        row["seconds"] = round(time.monotonic() - started, 1)
+        fault_results.append(row)
+    assert proxy.blackholed > 0
+    _check(row, op)
+
+
 def test_apiserver_unreachable_for_5s_in_the_middle(
     cluster: ClusterHandle, namespace: str, proxied_operator: tuple[OperatorProcess, TcpProxy],
     fault_results: list[dict[str, Any]],

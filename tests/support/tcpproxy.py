@@ -18,6 +18,8 @@ class TcpProxy:
     """127.0.0.1:<port> -> upstream; cut() ends every live connection, down() refuses new.
 
     latency_s delays every answer from upstream (a slow apiserver: writes take longer).
+    blackhole() makes the live connections drop everything from then on without closing
+    (a dead load balancer or NAT entry: requests in flight never get an answer).
     """
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
@@ -25,11 +27,16 @@ class TcpProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._conns: set[socket.socket] = set()
+        self._resetting: set[socket.socket] = set()
+        """Sockets cut with RST: their pump closes them without a FIN first."""
+        self._dropping: set[socket.socket] = set()
+        """Sockets whose data goes nowhere (blackhole())."""
         self._lock = threading.Lock()
         self._accepting = threading.Event()
         self._accepting.set()
         self._closed = False
         self.cuts = 0
+        self.blackholed = 0
         self.latency_s = 0.0
         self._thread = threading.Thread(target=self._accept_loop, name="tcpproxy", daemon=True)
         self._thread.start()
@@ -59,16 +66,23 @@ class TcpProxy:
             while data := src.recv(65536):
                 if slow and self.latency_s:
                     time.sleep(self.latency_s)
+                if src in self._dropping:
+                    continue
                 dst.sendall(data)
         except OSError:
             pass
         finally:
+            with self._lock:
+                reset = src in self._resetting or dst in self._resetting
+                self._conns.discard(src)
+                self._resetting.discard(src)
+                self._dropping.discard(src)
             for s in (src, dst):
                 with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-            with self._lock:
-                self._conns.discard(src)
-            src.close()
+                    # SHUT_RD wakes the other pump's recv without sending anything; a FIN
+                    # only where the cut was graceful
+                    s.shutdown(socket.SHUT_RD if reset else socket.SHUT_RDWR)
+            src.close()  # with SO_LINGER 0 (a reset): the peer gets an RST
 
     def cut(self, graceful: bool = False) -> int:
         """End every open connection, with RST or (graceful) a plain FIN, as a server that
@@ -81,9 +95,26 @@ class TcpProxy:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
             else:
-                _reset(s)
+                # close() from this thread would not wake the pump blocked in recv() on it
+                # (Linux), so the socket would stay open and the peer wait for an answer
+                # that never comes: a black hole, not a reset. Arm the RST, wake the pump
+                # with SHUT_RD, and let it close.
+                with self._lock:
+                    self._resetting.add(s)
+                _linger_zero(s)
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RD)
         self.cuts += len(conns) // 2
         return len(conns) // 2
+
+    def blackhole(self) -> int:
+        """The live connections stay open and drop everything from now on; the number."""
+        with self._lock:
+            self._dropping |= self._conns
+            n = len(self._conns) // 2
+            self._conns.clear()  # a later cut() or close() leaves them hanging
+        self.blackholed += n
+        return n
 
     def down(self) -> None:
         """Refuse new connections and cut the open ones (an apiserver that went away)."""
@@ -97,9 +128,16 @@ class TcpProxy:
     def close(self) -> None:
         """Stop listening and cut everything."""
         self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept(); close() would not
         self._listener.close()
         self.cut()
         self._thread.join(timeout=5)
+        with self._lock:
+            dropping, self._dropping = list(self._dropping), set()
+        for s in dropping:  # the end of the test: free them
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> TcpProxy:
         return self
@@ -109,9 +147,15 @@ class TcpProxy:
         self.close()
 
 
-def _reset(s: socket.socket) -> None:
-    """Close with RST (SO_LINGER 0), as a cut connection looks to its peer."""
+def _linger_zero(s: socket.socket) -> None:
+    """SO_LINGER 0: the socket's close() sends an RST."""
     with contextlib.suppress(OSError):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+def _reset(s: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0), as a cut connection looks to its peer (for a socket no
+    pump reads yet)."""
+    _linger_zero(s)
     with contextlib.suppress(OSError):
         s.close()

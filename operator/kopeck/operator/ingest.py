@@ -39,6 +39,9 @@ INGEST_PATH = "/v1/reports"
 MAX_BODY_BYTES = 64 * 2**20
 MAX_INTERVAL = dt.timedelta(hours=1)
 RATE_WINDOW_SECONDS = 300.0
+ACK_WAIT_SECONDS = 8.0
+"""How long a report waits for its checkpoint before a 503: under the probe's 10 s push
+timeout, so the probe hears "resend later" rather than timing out on its own."""
 """Spend rates (for forecasts and admission) are measured over this trailing window."""
 
 
@@ -150,7 +153,7 @@ class Ingest:
                 await self.on_hits(hits)
         if generation is not None:
             try:
-                await self.checkpointer.wait_durable(generation, needs)
+                await self.checkpointer.wait_durable(generation, needs, ACK_WAIT_SECONDS)
             except (TimeoutError, FlushError):
                 metrics.REPORTS.labels("unsaved").inc()
                 return _error(503, "could not checkpoint; resend later", retry_after=1)

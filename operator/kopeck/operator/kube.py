@@ -20,6 +20,10 @@ import aiohttp
 
 JSON = dict[str, Any]
 MERGE = "application/merge-patch+json"
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5, sock_read=5)
+"""A healthy apiserver answers kopeck's small reads and writes in milliseconds; a connection
+silent for 5 s is dead (a load balancer or NAT entry that went away without a reset), and
+waiting out the whole 30 s would hold an ack past the probe's 10 s push timeout."""
 
 
 class ApiError(Exception):
@@ -147,7 +151,7 @@ class Kube:
             self._session = aiohttp.ClientSession(
                 headers=headers,
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._max),
-                timeout=aiohttp.ClientTimeout(total=30),
+                timeout=REQUEST_TIMEOUT,
             )
         return self._session
 
