@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
 import sys
 from collections.abc import Callable
 
@@ -115,6 +116,11 @@ def arguments_for(verb: str) -> Callable[[argparse.ArgumentParser], None]:
 
 def run(args: argparse.Namespace) -> int:
     """Run `kopeck report` with the translated arguments."""
+    if re.fullmatch(r"[0-9]+[smhdw]", args.window) and args.window not in WINDOWS:
+        print(f"kubectl kopeck {args._verb}: --window {args.window}: kopeck bills whole "
+              "periods, not rolling durations; use today, yesterday, week, lastweek, month, "
+              "lastmonth, all, or a period name such as 2026-11", file=sys.stderr)
+        return 1
     argv = translate(args._verb, args, dt.datetime.now(dt.UTC))
     if args.print_report_args:
         print(" ".join(["kopeck", "report", *argv]))
