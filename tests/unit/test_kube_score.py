@@ -86,6 +86,14 @@ def _workloads(manifests: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(manifests) if d and "template" in d.get("spec", {})]
 
 
+def test_the_cached_kube_score_is_the_pinned_release(kube_score: Path) -> None:
+    """The cache is keyed by version; the binary there says it is that version (set by the
+    build's -ldflags), so a stale or foreign binary at the path fails here."""
+    assert kube_score.parent.parent.name == "v1.20.0"
+    run = subprocess.run([str(kube_score), "version"], capture_output=True, text=True)
+    assert run.returncode == 0 and "kube-score version: v1.20.0," in run.stdout, run.stdout
+
+
 def test_no_critical_finding_on_the_base(kube_score: Path, rendered: str) -> None:
     objects = score(kube_score, rendered)
     kinds = {o["type_meta"]["kind"] for o in objects}
