@@ -1,0 +1,3 @@
+module kopeck.example/bench/noopwebhook
+
+go 1.25
