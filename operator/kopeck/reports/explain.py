@@ -208,14 +208,18 @@ class _Unit:
     name: str
     per_second: Decimal
     """Seconds (x bytes) in one display unit: core-h = 3600 core-s, GiB-h = 3600 x 2^30."""
+    second_name: str
+    """The status's own unit, scaled to be readable: core-s, GiB-s."""
+    second_size: Decimal
 
 
-CORE_H = _Unit("core-h", HOUR)
-GIB_H = _Unit("GiB-h", HOUR * GIB)
+CORE_H = _Unit("core-h", HOUR, "core-s", Decimal(1))
+GIB_H = _Unit("GiB-h", HOUR * GIB, "GiB-s", GIB)
 
 
 def _q(value: Decimal, unit: _Unit) -> str:
-    return f"{_sig(value / unit.per_second)} {unit.name}"
+    return (f"{_sig(value / unit.second_size)} {unit.second_name} "
+            f"({_sig(value / unit.per_second)} {unit.name})")
 
 
 def _rate_text(rate: Decimal, unit: _Unit, currency: str) -> str:
@@ -245,6 +249,9 @@ def _usage_line(
         r = rates[0]
         lo, hi = amount(r, requested, used), amount(r, requested + used, ZERO)
         rate_t = _rate_text(per[0], unit, currency)
+        if per[0] == 0 and abs(charged) <= tol:
+            return Line(component, ZERO, charged, "recomputed", (
+                head, f"the rate for {what} is 0 ({rate_t}): nothing is billed")), None
         if abs(charged - lo) <= tol:
             why = ("usage stayed at or under the request in every interval" if larger == "request"
                    else "usage was at or above the request in every interval")
@@ -256,8 +263,8 @@ def _usage_line(
             billed = charged / per[0] if per[0] else ZERO
             return Line(component, charged, charged, "bounded", (
                 head,
-                f"billed max(request, usage) per interval: {larger} was the larger in some "
-                "intervals only, so the period sums bound it",
+                "billed max(request, usage) per interval: usage was over the request in some "
+                "intervals and under it in others, so the period sums bound the amount",
                 f"{_m(charged)} {currency} / {rate_t} = {_q(billed, unit)} billed, "
                 f"{_q(billed - max(requested, used), unit)} above the larger total; "
                 f"bounds {_m(lo)} .. {_m(hi)} {currency}")), None
