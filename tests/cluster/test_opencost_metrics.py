@@ -4,16 +4,18 @@ real operator, and the PromQL of OpenCost's Grafana dashboards returns kopeck's 
 The operator runs against the local control plane; a Node object (instance type, region,
 arch, providerID) stands for a node whose probe posts reports through the real ingest
 endpoint; a CostPolicy prices it with a price book (1.20/h split 8:1 CPU:GiB, so 0.20 per
-core-hour and 0.025 per GiB-hour on 4 cores and 16 GiB). Two pods request 500m / 256Mi and
-use less, so OpenCost's allocation max(request, usage) is the request and kopeck charges
-the request too. Prometheus (the Debian package) scrapes /metrics every second with
+core-hour and 0.025 per GiB-hour on 4 cores and 16 GiB) and storage at 0.73 per GiB-month.
+Three pods (two of a Deployment, one bare pod mounting a 10 GiB claim bound to a
+PersistentVolume; its phase is set to Running, there is no kubelet) request 500m / 256Mi
+and use less, so OpenCost's allocation max(request, usage) is the request and kopeck
+charges the request too. Prometheus (the Debian package) scrapes /metrics every second with
 honor_labels, as OpenCost's own scrape config asks, and a `cluster` target label, and it
 evaluates kopeck's alerting rules (deploy/components/prometheus-operator/rules).
 
 The queries are OpenCost's, verbatim (tests/support/opencost_queries.py says where from).
 Their hourly or monthly (x730) rates, times the hours the reports covered, must equal the
-ledger: the namespace-total Allocation's cpu + memory + gpu cost, the CostPolicy's spent, and
-the node's cost (its pods' compute + the node Allocation's idle).
+ledger: the namespace-total Allocation's cpu + memory + gpu cost and its storage cost, the
+CostPolicy's spent, and the node's cost (its pods' compute + the node Allocation's idle).
 """
 
 from __future__ import annotations
@@ -57,8 +59,11 @@ REPORTS = 6
 SECONDS = 5
 HOURS = Decimal(REPORTS * SECONDS) / 3600
 POD_HOURLY = Decimal("0.5") * CPU_CORE_HOUR + Decimal("0.25") * RAM_GIB_HOUR
-BUDGET = Decimal("0.002")
-"""Spent after the reports is 2 x POD_HOURLY x HOURS = 0.00177: 88.5% of the budget."""
+STORAGE_GIB_MONTH = Decimal("0.73")
+CLAIM_GIB = 10
+STORAGE_HOURLY = CLAIM_GIB * STORAGE_GIB_MONTH / 730
+BUDGET = Decimal("0.003")
+"""Spent after the reports is (3 x POD_HOURLY + STORAGE_HOURLY) x HOURS = 0.00274: 91%."""
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +86,42 @@ def node(cluster: ClusterHandle) -> Iterator[str]:
     }))  # fmt: skip
     yield name
     cluster.kubectl("delete", "node", name, "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def volume(cluster: ClusterHandle) -> Iterator[str]:
+    """A PersistentVolume of CLAIM_GIB (hostPath; nothing ever mounts it)."""
+    name = f"kt-oc-pv-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+        "spec": {"capacity": {"storage": f"{CLAIM_GIB}Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                 "hostPath": {"path": f"/nonexistent/{name}"}},
+    }))  # fmt: skip
+    yield name
+    cluster.kubectl("delete", "pv", name, "--ignore-not-found", "--wait=false", check=False)
+
+
+def claimed_pod(cluster: ClusterHandle, namespace: str, volume: str) -> dict[str, Any]:
+    """A claim bound to `volume` and a bare pod mounting it, marked Running."""
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data", "namespace": namespace},
+        "spec": {"volumeName": volume, "storageClassName": "", "accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": f"{CLAIM_GIB}Gi"}}},
+    }))  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db", "namespace": namespace},
+        "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10",
+                                 "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}},
+                                 "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                 "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]},
+    }))  # fmt: skip
+    cluster.kubectl("patch", "pod", "db", "-n", namespace, "--subresource=status",
+                    "--type=merge", "-p", json.dumps({"status": {"phase": "Running"}}))
+    out = cluster.kubectl("get", "pod", "db", "-n", namespace, "-o", "json")
+    pod: dict[str, Any] = json.loads(out.stdout)
+    return pod
 
 
 def pods_of(cluster: ClusterHandle, namespace: str, count: int) -> list[dict[str, Any]]:
@@ -119,17 +160,21 @@ def close(got: float, want: Decimal, what: str) -> None:
 
 
 def test_opencost_dashboards_on_kopeck_return_the_ledger(
-    cluster: ClusterHandle, op: OperatorProcess, node: str, namespace: str
+    cluster: ClusterHandle, op: OperatorProcess, node: str, namespace: str, volume: str
 ) -> None:
     assert Path(PROMETHEUS).exists(), "prometheus missing: apt-get install prometheus"
-    pricing = {"currency": "USD", "priceBook": {
-        "instanceTypes": {INSTANCE_TYPE: float(BOOK_PRICE)}, "cpuToMemoryCostRatio": 8}}
+    pricing = {"currency": "USD",
+               "priceBook": {"instanceTypes": {INSTANCE_TYPE: float(BOOK_PRICE)},
+                             "cpuToMemoryCostRatio": 8},
+               "rateCard": {"cpuCoreHour": float(CPU_CORE_HOUR),
+                            "memoryGiBHour": float(RAM_GIB_HOUR),
+                            "storageGiBMonth": float(STORAGE_GIB_MONTH)}}  # fmt: skip
     cluster.kubectl("apply", "-f", "-", input=policy_manifest(
         namespace, namespace, amount=str(BUDGET), enforcement="Warn",
         extra_spec={"pricing": pricing, "anomaly": {"enabled": False}}))  # fmt: skip
     cluster.kubectl("apply", "-f", "-", input=deployment_manifest(
         "web", namespace, replicas=2, cpu="500m", memory="256Mi"))
-    pods = pods_of(cluster, namespace, 2)
+    pods = [*pods_of(cluster, namespace, 2), claimed_pod(cluster, namespace, volume)]
     token = probe_token(cluster.kubectl, op)
     boot = uuid.uuid4().hex
     start = dt.datetime.now(dt.UTC)
@@ -150,7 +195,9 @@ def test_opencost_dashboards_on_kopeck_return_the_ledger(
     total = status_of(cluster, "alloc", "-n", namespace, f"namespace-total-{period}")["cost"]
     ns_compute = Decimal(total["cpu"]) + Decimal(total["memory"]) + Decimal(total["gpu"])
     # money is rounded to 1e-12 per pod-interval and category: 24 roundings here
-    assert ns_compute == pytest.approx(2 * POD_HOURLY * HOURS, rel=Decimal("1e-8"))
+    assert ns_compute == pytest.approx(3 * POD_HOURLY * HOURS, rel=Decimal("1e-8"))
+    ns_storage = Decimal(total["storage"])
+    assert ns_storage == pytest.approx(STORAGE_HOURLY * HOURS, rel=Decimal("1e-8"))
     idle = Decimal(status_of(cluster, "alloc", "-n", op.namespace,
                              f"node-{node}-{period}")["cost"]["idle"])
     node_cost = ns_compute + idle  # one namespace on this node
@@ -186,9 +233,16 @@ def test_opencost_dashboards_on_kopeck_return_the_ledger(
         hourly = one_value(prom, oc.DOCS_COST_BY_NAMESPACE, namespace=namespace)
         close(hourly * float(HOURS), ns_compute, "docs: Cost by Namespace x hours")
 
+        claim = one_value(prom, "pod_pvc_allocation", namespace=namespace, pod="db",
+                          persistentvolumeclaim="data", persistentvolume=volume)
+        assert claim == CLAIM_GIB * 2**30
+        storage = one_value(prom, oc.DOCS_STORAGE_COST_BY_NAMESPACE, namespace=namespace)
+        close(storage * float(HOURS), ns_storage, "docs: Storage Cost x hours")
+
         spent = eventually(lambda: status_of(cluster, "cpol", namespace).get("spent"),
                            timeout=10, what="CostPolicy status.spent")
-        assert float(Decimal(spent)) == pytest.approx(hourly * float(HOURS), abs=1e-6)
+        assert float(Decimal(spent)) == pytest.approx((hourly + storage) * float(HOURS),
+                                                      abs=1e-6)
 
         # kopeck's own alerts, evaluated by this Prometheus on the live series
         def pending(alert: str, **match: str) -> bool:

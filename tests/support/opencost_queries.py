@@ -183,6 +183,12 @@ DOCS_COST_BY_NAMESPACE = (
 )
 """OpenCost docs, metrics.md, "Cost by Namespace": CPU and memory cost per hour by namespace."""
 
+DOCS_STORAGE_COST_BY_NAMESPACE = (
+    "sum by (namespace) (pod_pvc_allocation * on (persistentvolume) group_left pv_hourly_cost"
+    " / (1024 * 1024 * 1024))"
+)
+"""OpenCost docs, metrics.md, "Storage Cost": persistent volume cost per hour by namespace."""
+
 DOCS_TOTAL_CLUSTER_MONTHLY = "sum(node_total_hourly_cost) * 730"
 """OpenCost docs, metrics.md, "Total Cluster Cost": monthly cost of all nodes."""
 

@@ -101,7 +101,8 @@ def test_only_the_leader_exports_opencost_and_ledger_series() -> None:
     seen.add(1)
     seen.add(4)
     state = SimpleNamespace(active=True, settings=SimpleNamespace(probe_interval=5.0),
-                            node_seen={"n1": 1700000000.0}, seen={"n1/b": seen})
+                            node_seen={"n1": 1700000000.0}, seen={"n1/b": seen},
+                            pods={}, nodes={})
     book = metrics.OPENCOST
     saved = (book.prices.copy(), book.containers.copy(), book.seen_at.copy())
     old_state = metrics.STATE_COLLECTOR.state
@@ -142,3 +143,21 @@ def test_anomalous_series_return_to_zero_when_the_book_clears_them() -> None:
     assert values == {"ns/a": 0.0, "ns/b": 1.0}
     metrics.ANOMALOUS.remove("p-sync", "ns/a")
     metrics.ANOMALOUS.remove("p-sync", "ns/b")
+
+
+def test_pvc_allocation_shares_a_claim_among_its_running_pods() -> None:
+    def pod(uid: str, name: str, claims: tuple[str, ...], phase: str = "Running") -> PodInfo:
+        info = _info({})
+        info.uid, info.name, info.claims, info.phase = uid, name, claims, phase
+        return info
+
+    claims = {("shop", "data"): ("pv-data", Decimal(10 * 2**30)),
+              ("shop", "logs"): ("pv-logs", Decimal(2**30)),
+              ("shop", "unbound"): ("", Decimal(2**30))}
+    pods = [pod("a", "db-0", ("data", "logs")), pod("b", "db-1", ("data",)),
+            pod("c", "done", ("data",), phase="Succeeded"), pod("d", "new", ("unbound",))]
+    got = {(a.pod, a.claim): (a.volume, a.bytes) for a in metrics.pvc_allocations(pods, claims)}
+    assert got == {("db-0", "data"): ("pv-data", 5 * 2**30), ("db-1", "data"): ("pv-data", 5 * 2**30),
+                   ("db-0", "logs"): ("pv-logs", 2**30)}
+    share = metrics.pvc_allocations(pods, claims)[0]
+    assert share.labels() == ["shop", "db-0", "data", "pv-data"]

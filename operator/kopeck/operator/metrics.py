@@ -3,7 +3,7 @@
 Two sets of names. kopeck's own (`kopeck_*`): counters and gauges of reports, admissions,
 budgets, anomalies, and the health of the ledger (last report per node, known sequence
 gaps). And the OpenCost exporter's names (`node_total_hourly_cost`, `node_cpu_hourly_cost`,
-`container_cpu_allocation`, ...), with OpenCost's labels and meaning, so that dashboards
+`container_cpu_allocation`, `pod_pvc_allocation`, ...), with OpenCost's labels and meaning, so that dashboards
 and alerts written for OpenCost work on kopeck unchanged (docs/metrics.md has the table).
 
 The OpenCost series are a snapshot of the last report of each node: its prices (from the
@@ -25,8 +25,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from kopeck.accounting.prices import GIB, HOUR, REGION_LABEL, NodeFacts, Rates
+from kopeck.accounting.prices import GIB, HOUR, REGION_LABEL, NodeFacts, Rates, rates_for_node
 from kopeck.accounting.seqs import SeqSet
+from kopeck.operator.workloads import pvc_bytes
 
 if TYPE_CHECKING:
     from kopeck.api.report import PodUsage, ProbeReport
@@ -82,6 +83,8 @@ NODE_LABELS = ("instance", "node", "instance_type", "region", "provider_id", "ar
 """OpenCost's label names of its node price series (pkg/costmodel/metrics.go)."""
 CONTAINER_LABELS = ("namespace", "pod", "container", "instance", "node")
 """OpenCost's label names of its container allocation series."""
+PVC_LABELS = ("namespace", "pod", "persistentvolumeclaim", "persistentvolume")
+"""OpenCost's label names of pod_pvc_allocation."""
 
 
 # ---- pure: what one report says in OpenCost's terms -----------------------------------
@@ -183,6 +186,61 @@ def container_allocations(
     return out
 
 
+@dataclass(frozen=True)
+class PvcAllocation:
+    """OpenCost's pod_pvc_allocation: a claim's bytes, shared evenly by the pods mounting it."""
+
+    namespace: str
+    pod: str
+    claim: str
+    volume: str
+    bytes: Decimal
+
+    def labels(self) -> list[str]:
+        """Values of PVC_LABELS."""
+        return [self.namespace, self.pod, self.claim, self.volume]
+
+
+def pvc_allocations(
+    pods: Iterable[PodInfo], claims: Mapping[tuple[str, str], tuple[str, Decimal]]
+) -> list[PvcAllocation]:
+    """Each running pod's share of each claim it mounts: the claim's size (bound capacity,
+    else request) divided by the number of running pods mounting it, as OpenCost divides
+    by timesClaimed. Claims not bound to a volume yet have no series (OpenCost skips them)."""
+    running = [p for p in pods if p.deleted_at is None and p.phase == "Running" and p.claims]
+    times: dict[tuple[str, str], int] = {}
+    for pod in running:
+        for claim in set(pod.claims):
+            times[(pod.namespace, claim)] = times.get((pod.namespace, claim), 0) + 1
+    out: list[PvcAllocation] = []
+    for pod in running:
+        for claim in sorted(set(pod.claims)):
+            volume, size = claims.get((pod.namespace, claim), ("", Decimal(0)))
+            if volume:
+                out.append(PvcAllocation(pod.namespace, pod.name, claim, volume,
+                                         size / times[(pod.namespace, claim)]))
+    return out
+
+
+def volume_prices(state: Any) -> dict[str, Decimal]:
+    """Per GiB-hour price of each volume a running pod mounts: the storage rate of that pod's
+    CostPolicy on its node (what kopeck charges the pod for the claim), as pv_hourly_cost."""
+    prices: dict[str, Decimal] = {}
+    for info in state.pods.values():
+        if info.deleted_at is not None or info.phase != "Running" or not info.claims:
+            continue
+        policy = state.policy_for(info.namespace, info.workload.labels)
+        if policy is None:
+            continue
+        facts = state.nodes.get(info.node or "") or NodeFacts(info.node or "")
+        rate = rates_for_node(policy.spec.pricing, facts).storage_byte_second * HOUR * GIB
+        for claim in info.claims:
+            volume = OPENCOST.claims.get((info.namespace, claim), ("", Decimal(0)))[0]
+            if volume:
+                prices[volume] = rate
+    return prices
+
+
 def known_gaps(seqs: SeqSet) -> int:
     """Report sequence numbers missing between ones already folded: reports a probe has not
     delivered yet (a resend closes the gap; one past the replay horizon is lost for good).
@@ -217,6 +275,8 @@ class OpenCostBook:
     seen_at: dict[str, float] = field(default_factory=dict)
     provider_ids: dict[str, str] = field(default_factory=dict)
     """Node name -> spec.providerID, from the node watch."""
+    claims: dict[tuple[str, str], tuple[str, Decimal]] = field(default_factory=dict)
+    """(namespace, claim) -> (bound volume, bytes), from the pod cache's claim look-ups."""
 
     def observe(
         self, report: ProbeReport, facts: NodeFacts, rates: Rates,
@@ -256,6 +316,15 @@ def note_node(name: str, body: Mapping[str, Any] | None) -> None:
         OPENCOST.provider_ids.pop(name, None)
         return
     OPENCOST.provider_ids[name] = str((body.get("spec") or {}).get("providerID") or "")
+
+
+def note_claim(namespace: str, claim: str, pvc: Mapping[str, Any] | None) -> None:
+    """Keep a claim's volume and size for pod_pvc_allocation (None: the claim is gone)."""
+    if pvc is None:
+        OPENCOST.claims.pop((namespace, claim), None)
+        return
+    volume = str((pvc.get("spec") or {}).get("volumeName") or "")
+    OPENCOST.claims[(namespace, claim)] = (volume, pvc_bytes(pvc))
 
 
 class StateCollector(Collector):
@@ -300,6 +369,11 @@ class StateCollector(Collector):
                                   labels=list(CONTAINER_LABELS))
         c_gpu = GaugeMetricFamily("container_gpu_allocation", "GPUs allocated (by request)",
                                   labels=list(CONTAINER_LABELS))
+        pv = GaugeMetricFamily("pv_hourly_cost", "Cost per GiB per hour of a persistent volume",
+                               labels=["volumename", "persistentvolume", "provider_id"])
+        pvc = GaugeMetricFamily("pod_pvc_allocation",
+                                "Bytes of a PVC attached to a pod (shared evenly by its pods)",
+                                labels=list(PVC_LABELS))
         if leading:
             interval.add_metric([], float(state.settings.probe_interval))
             for node, at in sorted(state.node_seen.items()):
@@ -319,8 +393,12 @@ class StateCollector(Collector):
                     c_cpu.add_metric(alloc.labels(), float(alloc.cpu_cores))
                     c_mem.add_metric(alloc.labels(), float(alloc.memory_bytes))
                     c_gpu.add_metric(alloc.labels(), float(alloc.gpus))
+            for share in pvc_allocations(state.pods.values(), OPENCOST.claims):
+                pvc.add_metric(share.labels(), float(share.bytes))
+            for volume, per_gib_hour in sorted(volume_prices(state).items()):
+                pv.add_metric([volume, volume, ""], float(per_gib_hour))
         yield from (last, gaps, interval, build, total, cpu, ram, gpu, gpu_count, c_cpu, c_mem,
-                    c_gpu)
+                    c_gpu, pv, pvc)
 
 
 STATE_COLLECTOR = StateCollector()

@@ -9,6 +9,7 @@ from typing import Any
 
 import kopf
 
+from kopeck.operator import metrics
 from kopeck.operator.kube import ApiError, resource_path
 from kopeck.operator.state import PodInfo, State
 from kopeck.operator.workloads import container_resources, pod_shape, pvc_bytes, pvc_names
@@ -33,6 +34,7 @@ async def _storage_bytes(state: State, namespace: str, spec: Mapping[str, Any]) 
         except ApiError:
             pvc = None
         size = pvc_bytes(pvc) if pvc else Decimal(0)
+        metrics.note_claim(namespace, claim, pvc)
         _pvc_cache[(namespace, claim)] = (time.monotonic() + 300, size)
         total += size
     return total
@@ -59,6 +61,7 @@ async def register_pod(state: State, body: Mapping[str, Any]) -> PodInfo | None:
         shape=pod_shape(spec),
         containers=container_resources(spec),
         storage_bytes=storage,
+        claims=known.claims if known else tuple(pvc_names(spec)),
         phase=str((body.get("status") or {}).get("phase", "Pending")),
     )
     state.pods[uid] = info

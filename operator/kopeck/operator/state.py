@@ -44,6 +44,8 @@ class PodInfo:
     shape: PodShape
     containers: dict[str, Resources] = field(default_factory=dict)
     storage_bytes: Decimal = Decimal(0)
+    claims: tuple[str, ...] = ()
+    """Names of the PersistentVolumeClaims it mounts (for pod_pvc_allocation)."""
     phase: str = "Pending"
     deleted_at: float | None = None
 
@@ -73,6 +75,10 @@ class State:
     node_seen: dict[str, float] = field(default_factory=dict)
     accs: dict[AccKey, Accumulator] = field(default_factory=dict)
     dirty: set[AccKey] = field(default_factory=set)
+    ledger_versions: dict[AccKey, str] = field(default_factory=dict)
+    """Record -> the resourceVersion of its Allocation as last read or written here: every
+    ledger write is conditional on it, so a replica with a stale copy (an old leader still
+    flushing) cannot overwrite what another wrote."""
     seen: dict[str, SeqSet] = field(default_factory=dict)
     histories: dict[WorkloadKey, WorkloadHistory] = field(default_factory=dict)
     spend_rates: dict[str, Decimal] = field(default_factory=dict)
