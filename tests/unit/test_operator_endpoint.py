@@ -36,6 +36,7 @@ class FakeKube(Kube):
         self.statuses: dict[str, dict[str, Any]] = {}
         self.fail_writes = False
         self.reviews = 0
+        self.version = 0
 
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         if path.endswith("/tokenreviews"):
@@ -43,13 +44,19 @@ class FakeKube(Kube):
             user = USERS.get(body["spec"]["token"])
             return {"status": {"authenticated": user is not None,
                                "user": {"username": user} if user else {}}}
-        return body
+        return self._stored(body)
 
     async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         if self.fail_writes:
             raise ApiError(503, {"message": "etcd is sad"}, "PATCH")
         self.statuses[path] = body["status"]
-        return body
+        return self._stored(body)
+
+    def _stored(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The object as the apiserver answers a write: with a new resourceVersion."""
+        self.version += 1
+        return {**body, "metadata": {**body.get("metadata", {}),
+                                     "resourceVersion": str(self.version)}}
 
     async def get_or_none(self, path: str) -> dict[str, Any] | None:
         return None

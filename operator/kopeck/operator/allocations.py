@@ -27,6 +27,7 @@ from kopeck.api.allocation import PERIOD_LABEL, WORKLOAD_KIND_LABEL
 from kopeck.api.common import API_VERSION
 from kopeck.operator.kube import ApiError, resource_path
 from kopeck.operator.state import AccKey, State
+from kopeck.rightsizing.history import WorkloadHistory
 
 log = logging.getLogger("kopeck.allocations")
 PLURAL = "allocations"
@@ -36,6 +37,11 @@ _WEEK = re.compile(r"^\d{4}-W\d{2}$")
 
 class FlushError(Exception):
     """A checkpoint could not be written; unacknowledged reports will be resent."""
+
+
+class StaleRecord(Exception):
+    """The stored Allocation changed since this replica read it: another replica wrote it.
+    The record was reloaded; what was folded here since is dropped and will be resent."""
 
 
 def allocation_body(acc: Accumulator) -> dict[str, Any]:
@@ -92,7 +98,9 @@ class Checkpointer:
         """Record -> the generation up to which it is durable."""
         self._refused: dict[AccKey, int] = {}
         """Record -> the generation of its last failed write (it stays dirty)."""
-        self._existing: set[tuple[str, str]] = set()
+        self._reloaded: dict[AccKey, int] = {}
+        """Record -> the generation when it was last reloaded from the apiserver: folds up to
+        it were dropped, so they are never durable (their reports are resent)."""
         self.writes = 0
         self.flush_seconds = 0.0
 
@@ -104,7 +112,8 @@ class Checkpointer:
 
     def is_durable(self, needs: Mapping[AccKey, int]) -> bool:
         """Whether every record was written at or after the generation it needs."""
-        return all(self._written.get(k, 0) >= g for k, g in needs.items())
+        return all(self._written.get(k, 0) >= g > self._reloaded.get(k, -1)
+                   for k, g in needs.items())
 
     async def wait_durable(self, generation: int, needs: Mapping[AccKey, int],
                            timeout: float = 20.0) -> None:
@@ -196,30 +205,82 @@ class Checkpointer:
         return not keys - written
 
     async def write(self, acc: Accumulator, status: dict[str, Any]) -> None:
-        """Create the Allocation if needed, then write its status."""
+        """Create the Allocation if needed, then write its status, conditional on the
+        resourceVersion this replica last saw (StaleRecord if another replica wrote since)."""
+        akey: AccKey = (acc.key, acc.period.name)
         body = allocation_body(acc)
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        kube = self.state.kube
         path = resource_path(API_VERSION, PLURAL, ns, name, "status")
-        if (ns, name) not in self._existing:
-            try:
-                await kube.create(resource_path(API_VERSION, PLURAL, ns), body)
-            except ApiError as exc:
-                if exc.not_found and acc.key.kind == "Node":
-                    await self._ensure_namespace(ns)
-                    await kube.create(resource_path(API_VERSION, PLURAL, ns), body)
-                elif not exc.conflict:
-                    raise
-            self._existing.add((ns, name))
+        version = self.state.ledger_versions.get(akey)
+        if version is None:
+            version = await self._create(akey, acc, body)
         try:
-            await kube.merge_patch(path, {"status": status})
+            done = await self.state.kube.merge_patch(
+                path, {"metadata": {"resourceVersion": version}, "status": status})
         except ApiError as exc:
-            if not exc.not_found or acc.key.kind == "Node":
+            if exc.conflict:
+                await self.reload(akey)
+                raise StaleRecord(f"allocation {ns}/{name} was written by another replica") from exc
+            if not exc.not_found:
                 raise
             # deleted behind our back: recreate it with everything we hold
-            await kube.create(resource_path(API_VERSION, PLURAL, ns), body)
-            await kube.merge_patch(path, {"status": status})
+            self.state.ledger_versions.pop(akey, None)
+            version = await self._create(akey, acc, body)
+            done = await self.state.kube.merge_patch(
+                path, {"metadata": {"resourceVersion": version}, "status": status})
+        self.state.ledger_versions[akey] = str((done.get("metadata") or {})["resourceVersion"])
         self.writes += 1
+
+    async def _create(self, akey: AccKey, acc: Accumulator, body: dict[str, Any]) -> str:
+        """Create the Allocation (and, for node records, the operator's namespace); its
+        resourceVersion. StaleRecord when it exists already: another replica made it."""
+        kube = self.state.kube
+        collection = resource_path(API_VERSION, PLURAL, body["metadata"]["namespace"])
+        try:
+            try:
+                created = await kube.create(collection, body)
+            except ApiError as exc:
+                if not (exc.not_found and acc.key.kind == "Node"):
+                    raise
+                await self._ensure_namespace(body["metadata"]["namespace"])
+                created = await kube.create(collection, body)
+        except ApiError as exc:
+            if not exc.conflict:
+                raise
+            await self.reload(akey)
+            raise StaleRecord(f"allocation {collection}/{body['metadata']['name']} exists "
+                              "already (written by another replica)") from exc
+        return str(created["metadata"]["resourceVersion"])
+
+    async def reload(self, akey: AccKey) -> None:
+        """Replace this replica's copy of a record with the stored one.
+
+        Reports folded into the dropped copy fail their wait (not durable) and are resent;
+        the in-memory seen-marks go, so the resends are folded again wherever the stored
+        record does not hold them (each record's own marks decide)."""
+        state = self.state
+        key, period = akey
+        current = state.accs.get(akey)
+        name = allocation_name(key, period)
+        item = await state.kube.get_or_none(
+            resource_path(API_VERSION, PLURAL, key.namespace, name))
+        self._reloaded[akey] = self.generation
+        self._refused[akey] = max(self._refused.get(akey, -1), self.generation)
+        state.seen.clear()
+        if item is None:
+            state.ledger_versions.pop(akey, None)
+            return
+        loaded = _load(item)
+        if loaded is None:
+            raise FlushError(f"allocation {key.namespace}/{name} has an unreadable status")
+        _, acc, hist = loaded
+        acc.policy = acc.policy or (current.policy if current else None)
+        state.accs[akey] = acc
+        state.ledger_versions[akey] = str(item["metadata"]["resourceVersion"])
+        if hist is not None:
+            state.histories[key] = hist
+        log.warning("allocation %s/%s was written by another replica: reloaded", key.namespace,
+                    name)
 
     async def _ensure_namespace(self, ns: str) -> None:
         try:
@@ -232,33 +293,43 @@ class Checkpointer:
                 raise
 
 
+def _load(item: Mapping[str, Any]) -> tuple[AccKey, Accumulator, WorkloadHistory | None] | None:
+    """An Allocation as stored: its record key, accumulator and recommender history."""
+    spec = item.get("spec") or {}
+    ref = spec.get("workloadRef") or {}
+    window = window_from_spec(spec.get("period") or {})
+    if window is None:
+        return None
+    ns = item["metadata"]["namespace"]
+    key = WorkloadKey(ns, str(ref.get("kind", "")), str(ref.get("name", "")),
+                      str(ref.get("apiVersion", "v1")))
+    policy = (spec.get("policyRef") or {}).get("name")
+    try:
+        acc = from_status(key, window, item.get("status"), policy)
+    except ValueError as exc:
+        log.warning("allocation %s/%s has an unreadable status: %s", ns,
+                    item["metadata"]["name"], exc)
+        return None
+    hist = acc.extra.get("histograms")
+    return (key, window.name), acc, WorkloadHistory.from_checkpoint(hist) if hist else None
+
+
 async def restore(state: State) -> int:
     """Load every Allocation of the current and previous periods into accumulators."""
     listing = await state.kube.get(resource_path(API_VERSION, PLURAL))
     now = dt.datetime.now(dt.UTC)
     restored = 0
     for item in listing.get("items") or []:
-        spec = item.get("spec") or {}
-        ref = spec.get("workloadRef") or {}
-        window = window_from_spec(spec.get("period") or {})
-        if window is None or window.end < now - dt.timedelta(days=40):
+        loaded = _load(item)
+        if loaded is None:
             continue
-        ns = item["metadata"]["namespace"]
-        key = WorkloadKey(ns, str(ref.get("kind", "")), str(ref.get("name", "")),
-                          str(ref.get("apiVersion", "v1")))
-        policy = (spec.get("policyRef") or {}).get("name")
-        try:
-            acc = from_status(key, window, item.get("status"), policy)
-        except ValueError as exc:
-            log.warning("allocation %s/%s has an unreadable status: %s", ns,
-                        item["metadata"]["name"], exc)
+        akey, acc, hist = loaded
+        if acc.period.end < now - dt.timedelta(days=40):
             continue
-        state.accs[(key, window.name)] = acc
-        hist = acc.extra.get("histograms")
-        if hist and key not in state.histories:
-            from kopeck.rightsizing.history import WorkloadHistory
-
-            state.histories[key] = WorkloadHistory.from_checkpoint(hist)
+        state.accs[akey] = acc
+        state.ledger_versions[akey] = str(item["metadata"]["resourceVersion"])
+        if hist is not None and akey[0] not in state.histories:
+            state.histories[akey[0]] = hist
         restored += 1
     return restored
 
