@@ -117,6 +117,9 @@ def test_kubectl_kopeck_on_an_operator_allocation(
             assert plugin.returncode == 0 and own.returncode == 0, (plugin.stderr, own.stderr)
             assert plugin.stdout == own.stdout, args
             assert plugin.stdout.strip()
+        plugin = run(cluster, [kubectl, "kopeck", "export", "--format", "csv", "-n", namespace])
+        own = run(cluster, [str(BIN / "kopeck"), "export", "--format", "csv", "-n", namespace])
+        assert plugin.returncode == 0 and plugin.stdout == own.stdout and alloc_name in own.stdout
         doc = json.loads(run(cluster, [kubectl, "kopeck", "report", "-n", namespace, "-o",
                                        "json", *kc]).stdout)
         assert D(doc["totals"][0]["total_cost"]) == total
@@ -152,6 +155,13 @@ def test_kubectl_kopeck_on_an_operator_allocation(
         assert text.returncode == 0 and f"now: {pod_name}" in text.stdout
         assert "0.036 USD/core-h" in text.stdout
 
+        proc = run(cluster, [kubectl, "kopeck", "explain-bill", f"namespace/{namespace}",
+                             "-o", "json"])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        (ns_bill,) = json.loads(proc.stdout)["allocations"]
+        assert [p["name"] for p in ns_bill["parts"]] == [alloc_name]
+        assert D(ns_bill["parts"][0]["total"]) == D(ns_bill["statusTotal"]) == total
+
         # a forged status: more CPU money, and a total made to match it
         forged = {k: format(D(v) * (10 if k == "cpu" else 1), "f")
                   for k, v in status["cost"].items() if k != "currency"}
@@ -164,6 +174,8 @@ def test_kubectl_kopeck_on_an_operator_allocation(
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert f"Allocation {namespace}/{alloc_name}: status.cost.cpu" in proc.stderr
         assert "MISMATCH" in proc.stdout
+        proc = run(cluster, [kubectl, "kopeck", "explain-bill", f"ns/{namespace}"])
+        assert proc.returncode == 1 and "1 workload records" in proc.stderr
         missing = run(cluster, [kubectl, "kopeck", "explain-bill", "deployment/nope", "-n",
                                 namespace])
         assert missing.returncode == 2 and "deployment/web" in missing.stderr

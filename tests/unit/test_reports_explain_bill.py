@@ -264,3 +264,20 @@ def test_report_counts() -> None:
     assert count_reports(SeqSet.decode("1-40")) == 40
     assert count_reports(SeqSet.decode("1,5-7")) == 4
     assert count_reports(SeqSet.decode("..9,20-21")) == 12
+
+
+def test_a_namespace_total_is_its_workload_records_added_up() -> None:
+    items = json.loads(DUMP.read_text())["items"]
+    inputs = bill_inputs(items, "Namespace", "shop", "shop", "all")
+    assert [b.period for b in inputs] == ["2026-09", "2026-10", "2026-11"]
+    for b in inputs:
+        bill = explain(b)
+        assert bill.parts_sum is not None and b.parts is not None
+        assert {p.workload for p in b.parts} == {"web", "api"}
+        assert bill.parts_sum["total"] == bill.status_total
+        assert not [p for p in bill.problems if "workload records" in p]
+    gone = [i for i in items if i["metadata"]["name"] != "deployment-api-2026-11"]
+    (b,) = bill_inputs(gone, "Namespace", "shop", "shop", "2026-11")
+    bill = explain(b)
+    assert any("namespace-total-2026-11: status.cost.total of the namespace total" in p
+               and "1 workload records" in p for p in bill.problems), bill.problems

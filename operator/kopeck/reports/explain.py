@@ -74,6 +74,19 @@ class BillInput:
     """Nodes its reports came from -> their facts (None: no Node object to read)."""
     pods_now: Sequence[PodNow] | None = None
     """Pods of the workload now; None when they were not looked up (e.g. from a file)."""
+    parts: Sequence[Part] | None = None
+    """For a namespace total: the namespace's workload records of the same period."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One workload record that a namespace total adds up."""
+
+    name: str
+    kind: str
+    workload: str
+    cost: Mapping[str, Decimal]
+    """Money by component (COMPONENT_FIELDS) and "total"."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,8 @@ class Bill:
     tolerance: Decimal
     problems: tuple[str, ...]
     """Mismatches: each names the object and field, and what to do."""
+    parts_sum: Mapping[str, Decimal] | None = None
+    """For a namespace total: its workload records added up, by component and total."""
 
     @property
     def ok(self) -> bool:
@@ -415,10 +430,23 @@ def explain(bill: BillInput) -> Bill:
             f"{where}: the explained lines add up to {_m(explained)} {currency}, "
             f"status.cost.total is {_m(c.total)} {currency}"
         )
+    parts_sum = None
+    if bill.parts is not None:
+        parts_sum = {k: sum((p.cost[k] for p in bill.parts), ZERO)
+                     for k in (*COMPONENT_FIELDS, "total")}
+        for k, v in parts_sum.items():
+            own = c.total if k == "total" else getattr(c, k)
+            if v != own:
+                problems.append(
+                    f"{where}: status.cost.{k} of the namespace total is {_m(own)} {currency} "
+                    f"but its {len(bill.parts)} workload records of period {bill.period} add "
+                    f"up to {_m(v)} {currency}: a workload record was deleted or changed (or "
+                    "the operator was writing them just now: run again)"
+                )
     return Bill(
         source=bill, currency=currency, intervals=intervals, rates=per_node,
         lines=tuple(lines), explained_total=explained, status_total=c.total,
-        tolerance=total_tol, problems=tuple(problems),
+        tolerance=total_tol, problems=tuple(problems), parts_sum=parts_sum,
     )
 
 
@@ -490,6 +518,16 @@ def render_text(bills: Sequence[Bill]) -> str:
             out.extend(f"             {t}" for t in ln.text)
         out.append(f"  {'TOTAL':<8} {_m(b.explained_total):>22} {b.currency}   status.cost.total "
                    f"{_m(b.status_total)}  {'ok' if b.ok else 'MISMATCH'}")
+        if s.parts is not None and b.parts_sum is not None:
+            out.append(f"  the namespace total is the sum of its {len(s.parts)} workload "
+                       "records of the period (explain each with KIND/NAME):")
+            for part in sorted(s.parts, key=lambda x: (-x.cost["total"], x.name)):
+                split = ", ".join(f"{k} {_m(part.cost[k])}" for k in COMPONENT_FIELDS
+                                  if part.cost[k])
+                ref = f"{part.kind.lower()}/{part.workload}"
+                out.append(f"    {ref:<40} {_m(part.cost['total']):>20} {b.currency}  "
+                           f"({split or 'nothing charged'})")
+            out.append(f"    {'sum':<40} {_m(b.parts_sum['total']):>20} {b.currency}")
         out.extend(f"  MISMATCH: {problem}" for problem in b.problems)
         out.append("")
     return "\n".join(out) + "\n"
@@ -512,6 +550,9 @@ def bill_dict(b: Bill) -> dict[str, Any]:
                    "explanation": list(ln.text)} for ln in b.lines],
         "explainedTotal": _m(b.explained_total), "statusTotal": _m(b.status_total),
         "componentsSum": _m(b.components_sum), "tolerance": _m(b.tolerance),
+        "parts": None if s.parts is None else [
+            {"name": p.name, "kind": p.kind, "workload": p.workload,
+             **{k: _m(v) for k, v in p.cost.items()}} for p in s.parts],
         "ok": b.ok, "problems": list(b.problems),
     }
 
@@ -622,6 +663,7 @@ def bill_inputs(
     policies: dict[str, Mapping[str, Any]] = {}
     nodes: dict[str, Mapping[str, Any]] = {}
     mine: list[tuple[Mapping[str, Any], AllocationSpec]] = []
+    workload_records: list[tuple[Mapping[str, Any], AllocationSpec]] = []
     others: set[str] = set()
     for it in items:
         meta = it.get("metadata") or {}
@@ -642,6 +684,8 @@ def bill_inputs(
                 mine.append((it, spec))
             else:
                 others.add(f"{ref.kind.lower()}/{ref.name}")
+                if ref.kind not in ("Namespace", "Node"):
+                    workload_records.append((it, spec))
     target = f"{kind.lower()}/{name}"
     if not mine:
         hint = (f"workloads with Allocations there: {', '.join(sorted(others)[:20])}"
@@ -696,5 +740,28 @@ def bill_inputs(
             policy_generation=generation,
             nodes={n: node_facts_of(nodes[n]) if n in nodes else None for n in folded_nodes},
             pods_now=pods,
+            parts=_parts(workload_records, spec.period.name) if kind == "Namespace" else None,
         ))
+    return out
+
+
+def _parts(records: Sequence[tuple[Mapping[str, Any], Any]], period: str) -> list[Part]:
+    """The workload records of one period as Parts (money only; unreadable ones raise)."""
+    from pydantic import ValidationError
+
+    out = []
+    for it, spec in records:
+        if spec.period.name != period:
+            continue
+        meta = it.get("metadata") or {}
+        try:
+            cost = AllocationStatus.model_validate(it.get("status") or {}).cost
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            raise ExplainError(f"Allocation {meta.get('namespace')}/{meta.get('name')}: "
+                               f"status.{loc}: {err.get('msg')}") from exc
+        money = {k: getattr(cost, k) for k in COMPONENT_FIELDS}
+        out.append(Part(str(meta.get("name")), spec.workload_ref.kind, spec.workload_ref.name,
+                        {**money, "total": cost.total}))
     return out
