@@ -174,3 +174,20 @@ def test_errors_name_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert kubectl_main(["namespace", "--print-report-args", "-A", "--context", "c"]) == 0
     assert capsys.readouterr().out.strip() == (
         "kopeck report --by namespace --window month -o table --context c")
+
+
+def test_explain_bill_defaults_to_the_context_namespace(tmp_path: Path) -> None:
+    from kopeck.reports.source import context_namespace
+
+    cfg = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "a",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "a", "context": {"cluster": "c", "user": "u", "namespace": "shop"}},
+                     {"name": "b", "context": {"cluster": "c", "user": "u"}}],
+    }
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(cfg))
+    assert context_namespace(str(path)) == "shop"
+    assert context_namespace(str(path), "b") is None
+    assert context_namespace(str(tmp_path / "missing")) is None
