@@ -102,7 +102,7 @@ def test_only_the_leader_exports_opencost_and_ledger_series() -> None:
     seen.add(4)
     state = SimpleNamespace(active=True, settings=SimpleNamespace(probe_interval=5.0),
                             node_seen={"n1": 1700000000.0}, seen={"n1/b": seen},
-                            pods={}, nodes={})
+                            pods={}, nodes={"n1": FACTS})
     book = metrics.OPENCOST
     saved = (book.prices.copy(), book.containers.copy(), book.seen_at.copy())
     old_state = metrics.STATE_COLLECTOR.state
@@ -124,6 +124,11 @@ def test_only_the_leader_exports_opencost_and_ledger_series() -> None:
         assert got["kopeck_node_last_report_timestamp_seconds"] == [
             ({"node": "n1"}, 1700000000.0)]
         assert got["kopeck_probe_interval_seconds"] == [({}, 5.0)]
+        del state.nodes["n1"]  # the Node object is gone: no ledger series for it
+        gone = _scrape()
+        assert gone["kopeck_ledger_seq_gaps"] == []
+        assert gone["kopeck_node_last_report_timestamp_seconds"] == []
+        state.nodes["n1"] = FACTS
         state.active = False
         standby = _scrape()
         for name in ("node_total_hourly_cost", "container_cpu_allocation",

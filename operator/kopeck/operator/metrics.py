@@ -339,7 +339,8 @@ class StateCollector(Collector):
         leading = state is not None and bool(state.active)
         last = GaugeMetricFamily(
             "kopeck_node_last_report_timestamp_seconds",
-            "Unix time of the last report folded from each node's probe", labels=["node"])
+            "Unix time of the last report folded from each node's probe (nodes that exist)",
+            labels=["node"])
         gaps = GaugeMetricFamily(
             "kopeck_ledger_seq_gaps",
             "Report sequence numbers known missing per node (sent after later ones arrived)",
@@ -376,10 +377,14 @@ class StateCollector(Collector):
                                 labels=list(PVC_LABELS))
         if leading:
             interval.add_metric([], float(state.settings.probe_interval))
+            # a node whose Node object is gone (scaled down) is not expected to report
+            # again: no series, so its alerts resolve instead of firing for ever
             for node, at in sorted(state.node_seen.items()):
-                last.add_metric([node], at)
+                if node in state.nodes:
+                    last.add_metric([node], at)
             for node, count in sorted(gaps_by_node(state.seen).items()):
-                gaps.add_metric([node], count)
+                if node in state.nodes:
+                    gaps.add_metric([node], count)
             OPENCOST.expire(time.monotonic())
             for node, price in sorted(OPENCOST.prices.items()):
                 labels = price.labels()
