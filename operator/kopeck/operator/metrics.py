@@ -13,6 +13,7 @@ leading replica exports them, so a join `on(instance)` never sees two series per
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from kopeck.api.report import PodUsage, ProbeReport
     from kopeck.operator.state import PodInfo
 
+log = logging.getLogger("kopeck.metrics")
 REGISTRY = CollectorRegistry()
 REPORTS = Counter(
     "kopeck_reports_total", "Probe reports by outcome", ["result"], registry=REGISTRY
@@ -306,8 +308,11 @@ def observe_report(state: Any, report: ProbeReport, result: Any) -> None:
     rates, facts = getattr(result, "node_rates", None), getattr(result, "node_facts", None)
     if rates is None or facts is None:
         return
-    pods = [(p, resolve_pod(state, p)) for p in report.pods]
-    OPENCOST.observe(report, facts, rates, pods, time.monotonic())
+    try:
+        pods = [(p, resolve_pod(state, p)) for p in report.pods]
+        OPENCOST.observe(report, facts, rates, pods, time.monotonic())
+    except Exception:  # exposition must never fail a report that is already folded
+        log.exception("OpenCost series of node %s not updated", report.node)
 
 
 def note_node(name: str, body: Mapping[str, Any] | None) -> None:
