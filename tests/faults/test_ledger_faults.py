@@ -287,3 +287,74 @@ def test_a_resend_racing_its_first_send_then_a_crash(
             row = sc.outcome("resend-racing-first-send-then-crash", 8)
             fault_results.append(row)
         _check(row, op)
+
+
+def test_leader_handoffs_under_load(
+    cluster: ClusterHandle, namespace: str, tmp_path: Path, fault_results: list[dict[str, Any]],
+) -> None:
+    """Two replicas with peering while reports flow: the active one is SIGKILLed, the standby
+    takes over; the killed one comes back with the higher priority and takes the lead back
+    from a replica whose flushes are still in flight (the stale-writer case); then the other
+    is restarted (a rolling restart). The probe posts to whichever replica says it leads."""
+    peering = f"kopeck-{uuid.uuid4().hex[:6]}"
+    common = ["--peering", peering, "--peering-lifetime", "5", "--status-interval", "1"]
+    with running_operator(cluster.kubectl, cluster.kubeconfig, tmp_path / "op",
+                          extra=[*common, "--priority", "100"]) as a:
+        def replica(priority: int) -> OperatorProcess:
+            """Another replica of the same deployment: same namespace, certificate, config."""
+            return OperatorProcess(
+                kubeconfig=a.kubeconfig, workdir=a.workdir, namespace=a.namespace,
+                probe_accounts=a.probe_accounts, webhook_config=a.webhook_config,
+                extra=[*common, "--priority", str(priority)])  # fmt: skip
+
+        replicas = [a]
+        try:
+            b = replica(50)
+            b.start(timeout=60)
+            replicas.append(b)
+
+            def leader_url() -> str:
+                for r in reversed(replicas):
+                    h = r.health()
+                    if h is not None and h.get("active") and h.get("ready"):
+                        return r.ingest_url
+                return replicas[-1].ingest_url
+
+            sc = Scenario(cluster, namespace, a)
+            sc.sender = Resender(leader_url, a.ca_file, probe_token(cluster.kubectl, a))
+            steps: list[str] = []
+
+            def rollout() -> None:
+                if len(steps) == 4:
+                    time.sleep(0.2)
+                    return
+                time.sleep(2.0)
+                a.kill()
+                b.wait_active(True, timeout=30)
+                steps.append("killed the leader; the standby leads")
+                time.sleep(2.0)
+                a2 = replica(100)
+                a2.start(timeout=60)
+                replicas.append(a2)
+                a2.wait_active(True, timeout=30)
+                steps.append("the higher-priority replica is back and leads")
+                time.sleep(2.0)
+                b.stop()
+                steps.append("the other replica stopped (SIGTERM)")
+                b2 = replica(50)
+                b2.start(timeout=60)
+                replicas.append(b2)
+                steps.append("and is back on standby")
+
+            try:
+                deliver_all(sc, range(1, 61), rollout, deadline_s=60)
+            finally:
+                row = sc.outcome("leader-handoffs-under-load", 60)
+                fault_results.append(row)
+            assert len(steps) == 4, steps
+            _check(row, replicas[-2])
+        finally:
+            for r in replicas[1:]:
+                r.stop()
+            cluster.kubectl("delete", "clusterkopfpeering", peering, "--ignore-not-found",
+                            check=False)
