@@ -3,8 +3,9 @@
 Two sets of names. kopeck's own (`kopeck_*`): counters and gauges of reports, admissions,
 budgets, anomalies, and the health of the ledger (last report per node, known sequence
 gaps). And the OpenCost exporter's names (`node_total_hourly_cost`, `node_cpu_hourly_cost`,
-`container_cpu_allocation`, `pod_pvc_allocation`, ...), with OpenCost's labels and meaning, so that dashboards
-and alerts written for OpenCost work on kopeck unchanged (docs/metrics.md has the table).
+`container_cpu_allocation`, `pod_pvc_allocation`, ...), with OpenCost's labels and meaning,
+so that dashboards and alerts written for OpenCost work on kopeck unchanged
+(docs/metrics.md has the table).
 
 The OpenCost series are a snapshot of the last report of each node: its prices (from the
 rates the fold used) and each container's allocation, max(request, usage). Only the
