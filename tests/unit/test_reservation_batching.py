@@ -51,7 +51,13 @@ class FakeKube:
         self.status.update(copy.deepcopy(body["status"]))
         self.rv += 1
         self.writes += 1
-        return {}
+        return {"metadata": {"resourceVersion": str(self.rv)}, "status": copy.deepcopy(self.status)}
+
+    def release(self, keys: set[str]) -> None:
+        """Another writer (a delete's release) drops reservations."""
+        self.status["reservations"] = [r for r in self.status["reservations"]
+                                       if r["key"] not in keys]
+        self.rv += 1
 
 
 def setup(kube: FakeKube) -> tuple[State, NamedPolicy]:
@@ -75,7 +81,7 @@ async def burst(state: State, policy: NamedPolicy, keys: list[str]) -> list[Proj
         *(reserve(state, policy, key, one_dollar_each, NOW) for key in keys)))
 
 
-def test_a_burst_is_decided_in_arrival_order_and_written_twice() -> None:
+def test_a_burst_is_decided_in_arrival_order_with_one_read_and_two_writes() -> None:
     kube = FakeKube()
     state, policy = setup(kube)
     keys = [f"shop/Deployment/w{i:02d}" for i in range(30)]
@@ -86,6 +92,7 @@ def test_a_burst_is_decided_in_arrival_order_and_written_twice() -> None:
     assert {r["key"] for r in kube.status["reservations"]} == set(keys[:10])
     assert Decimal(kube.status["reserved"]) == Decimal(10)
     assert kube.writes == 2, f"{kube.writes} status writes for one burst"
+    assert kube.reads == 1, f"{kube.reads} reads for one burst"
     assert state.counters["reservations"] == 10
 
 
@@ -108,3 +115,19 @@ def test_a_conflicting_write_redecides_the_burst_on_a_fresh_read() -> None:
     assert [not p.over_budget for p in decided] == [True] * 6 + [False] * 2
     assert Decimal(kube.status["reserved"]) == Decimal(10)
     assert state.counters["reservation_conflicts"] == 1
+
+
+def test_a_burst_of_denials_on_our_last_write_reads_again_before_it_stands() -> None:
+    kube = FakeKube()
+    state, policy = setup(kube)
+    first = [f"shop/Deployment/a{i}" for i in range(10)]
+    later = [f"shop/Deployment/b{i}" for i in range(6)]
+
+    async def scenario() -> list[Projection]:
+        await burst(state, policy, first)  # the budget is full; our write is remembered
+        kube.release(set(first[:4]))  # deletes freed 4 behind our back
+        return await burst(state, policy, later)
+
+    decided = asyncio.run(scenario())
+    assert [not p.over_budget for p in decided] == [True] * 4 + [False] * 2
+    assert Decimal(kube.status["reserved"]) == Decimal(10)

@@ -179,6 +179,9 @@ class _Ask:
 
 
 _asks: dict[str, list[_Ask]] = {}
+_written: dict[str, Mapping[str, Any]] = {}
+"""Policy name -> the object our last reservation write returned: the next burst decides on
+it without a read; its resourceVersion precondition fails (and we read) if anyone wrote since."""
 
 
 async def reserve(
@@ -191,8 +194,9 @@ async def reserve(
 
     Admissions of one policy are decided one after the other in arrival order, each seeing
     the reservations of those before it; the ones that arrive while a status write is in
-    flight are decided together on one fresh read and written with one write (group
-    commit), so a burst costs two round trips to the apiserver, not two per admission.
+    flight are decided together and written with one write (group commit), on the object
+    our previous write returned (its resourceVersion is the write's precondition, so a
+    decision never stands on a stale status), else on a fresh read.
     """
     lock = _locks.setdefault(policy.name, asyncio.Lock())
     waiting = _asks.setdefault(policy.name, [])
@@ -220,10 +224,11 @@ async def reserve(
 
 
 async def _reserve_together(state: State, policy: NamedPolicy, batch: list[_Ask]) -> None:
-    """Decide `batch` in order on one read of the policy status, then write it once."""
+    """Decide `batch` in order on one view of the policy status, then write it once."""
     path = resource_path(API_VERSION, POLICY_PLURAL, None, policy.name)
+    cached = _written.pop(policy.name, None)
     for _ in range(25):
-        obj = await state.kube.get(path)
+        obj = cached if cached is not None else await state.kube.get(path)
         live: list[dict[str, Any]] = list((obj.get("status") or {}).get("reservations") or [])
         decided: list[tuple[_Ask, Projection]] = []
         written = 0
@@ -242,6 +247,10 @@ async def _reserve_together(state: State, policy: NamedPolicy, batch: list[_Ask]
             live.append({"key": ask.key, "amount": str(amount.quantize(Decimal("0.000001"))),
                          "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ")})
             written += 1
+        if not written and cached is not None:
+            cached = None  # nothing to write proves nothing: decide again on a fresh read
+            continue
+        cached = None
         if written:
             total = sum((Decimal(str(r["amount"])) for r in live), Decimal(0))
             body = {
@@ -249,12 +258,14 @@ async def _reserve_together(state: State, policy: NamedPolicy, batch: list[_Ask]
                 "status": {"reservations": live, "reserved": str(total)},
             }
             try:
-                await state.kube.merge_patch(path + "/status", body)
+                got = await state.kube.merge_patch(path + "/status", body)
             except ApiError as exc:
                 if not exc.conflict:
                     raise
                 state.counters["reservation_conflicts"] += 1
                 continue
+            if isinstance(got, Mapping) and (got.get("metadata") or {}).get("resourceVersion"):
+                _written[policy.name] = got
             state.counters["reservations"] += written
         for ask, p in decided:
             ask.done.set_result(p)
