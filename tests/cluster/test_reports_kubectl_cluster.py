@@ -174,6 +174,8 @@ def test_kubectl_kopeck_on_an_operator_allocation(
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert f"Allocation {namespace}/{alloc_name}: status.cost.cpu" in proc.stderr
         assert "MISMATCH" in proc.stdout
+        assert "the status was written by kubectl-patch" in proc.stderr, "managedFields name it"
+        assert "written by kopeck-operator at" in text.stdout
         proc = run(cluster, [kubectl, "kopeck", "explain-bill", f"ns/{namespace}"])
         assert proc.returncode == 1 and "1 workload records" in proc.stderr
         missing = run(cluster, [kubectl, "kopeck", "explain-bill", "deployment/nope", "-n",

@@ -137,9 +137,20 @@ def test_a_tampered_component_is_a_mismatch_naming_object_and_field(
     total = sum(D(bad["cost"][c]) for c in ("cpu", "memory", "gpu", "network", "storage",
                                             "idle"))
     bad["cost"]["total"] = format(total, "f")  # a consistent forgery: only rates expose it
-    (bill,) = bills([policy("card", CARD), allocation(bad)])
+    forged = allocation(bad)
+    forged["metadata"]["managedFields"] = [
+        {"manager": "kubectl-patch", "operation": "Update", "subresource": "status",
+         "time": "2026-11-23T13:00:00Z"},
+        {"manager": "kopeck-operator", "operation": "Update", "subresource": "status",
+         "time": "2026-11-23T12:00:00Z"},
+        {"manager": "kopeck-operator", "operation": "Update", "time": "2026-11-23T11:00:00Z"},
+    ]
+    (bill,) = bills([policy("card", CARD), forged])
+    assert bill.source.status_writers == ["kopeck-operator at 2026-11-23T12:00:00Z",
+                                          "kubectl-patch at 2026-11-23T13:00:00Z"]
     assert not bill.ok
     assert any(f"status.cost.{field}" in p and "Allocation shop/deployment-web-" in p
+               and "written by kubectl-patch at 2026-11-23T13:00:00Z" in p
                for p in bill.problems), bill.problems
     assert next(ln for ln in bill.lines if ln.component == field).check == "mismatch"
     assert bill.explained_total != D(bad["cost"]["total"])

@@ -39,6 +39,8 @@ NETWORK_FIELDS: dict[str, str] = {
 }
 """Traffic classes as the rates key them -> the status field that counts their bytes."""
 COMPONENT_FIELDS = ("cpu", "memory", "gpu", "network", "storage", "idle")
+OPERATOR_MANAGER = "kopeck-operator"
+"""The field manager the operator writes as (its User-Agent)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class BillInput:
     """Pods of the workload now; None when they were not looked up (e.g. from a file)."""
     parts: Sequence[Part] | None = None
     """For a namespace total: the namespace's workload records of the same period."""
+    status_writers: Sequence[str] = ()
+    """Who wrote the status subresource, from metadata.managedFields ("manager at time")."""
 
 
 @dataclass(frozen=True)
@@ -443,6 +447,10 @@ def explain(bill: BillInput) -> Bill:
                     f"up to {_m(v)} {currency}: a workload record was deleted or changed (or "
                     "the operator was writing them just now: run again)"
                 )
+    others = [w for w in bill.status_writers if not w.startswith(OPERATOR_MANAGER)]
+    if others:
+        problems = [f"{p}; besides {OPERATOR_MANAGER}, the status was written by "
+                    f"{', '.join(others)} (metadata.managedFields)" for p in problems]
     return Bill(
         source=bill, currency=currency, intervals=intervals, rates=per_node,
         lines=tuple(lines), explained_total=explained, status_total=c.total,
@@ -487,6 +495,9 @@ def render_text(bills: Sequence[Bill]) -> str:
             gone = " (gone: rates cannot be checked)" if s.policy_missing else ""
             out.append(f"  policy     CostPolicy {s.policy}{gen}{gone}; rates as the policy is "
                        "now")
+        if s.status_writers:
+            out.append(f"  status     written by {', '.join(s.status_writers)} "
+                       "(metadata.managedFields)")
         out.append(f"  pods       {st.pods_seen} distinct pods charged this period "
                    "(status.podsSeen)")
         if s.pods_now is not None:
@@ -541,7 +552,7 @@ def bill_dict(b: Bill) -> dict[str, Any]:
         "workload": {"kind": s.kind, "name": s.workload},
         "period": {"name": s.period, "start": s.start.isoformat(), "end": s.end.isoformat()},
         "phase": s.status.phase, "policy": s.policy, "currency": b.currency,
-        "podsSeen": s.status.pods_seen,
+        "podsSeen": s.status.pods_seen, "statusWriters": list(s.status_writers),
         "podsNow": None if s.pods_now is None else [p.__dict__ for p in s.pods_now],
         "intervals": [i.__dict__ for i in b.intervals],
         "rates": [rates_text(nr, b.currency) for nr in b.rates],
@@ -741,8 +752,16 @@ def bill_inputs(
             nodes={n: node_facts_of(nodes[n]) if n in nodes else None for n in folded_nodes},
             pods_now=pods,
             parts=_parts(workload_records, spec.period.name) if kind == "Namespace" else None,
+            status_writers=status_writers(meta),
         ))
     return out
+
+
+def status_writers(meta: Mapping[str, Any]) -> list[str]:
+    """Field managers of the status subresource, newest last: who wrote the figures."""
+    entries = [m for m in meta.get("managedFields") or [] if m.get("subresource") == "status"]
+    entries.sort(key=lambda m: str(m.get("time") or ""))
+    return [f"{m.get('manager', '?')} at {m.get('time', '?')}" for m in entries]
 
 
 def _parts(records: Sequence[tuple[Mapping[str, Any], Any]], period: str) -> list[Part]:
