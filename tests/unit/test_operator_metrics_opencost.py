@@ -107,6 +107,8 @@ def test_only_the_leader_exports_opencost_and_ledger_series() -> None:
     saved = (book.prices.copy(), book.containers.copy(), book.seen_at.copy())
     old_state = metrics.STATE_COLLECTOR.state
     try:
+        for part in (book.prices, book.containers, book.seen_at):
+            part.clear()  # the book is process-wide: other tests' nodes may be in it
         rates = Rates("USD", Decimal("0.036") / 3600, Decimal("0.0045") / 3600 / GIB)
         book.prices["n1"] = metrics.node_price(FACTS, rates)
         book.containers["n1"] = [metrics.ContainerAllocation(
