@@ -152,3 +152,23 @@ def test_standby_and_warming_up_answer_503() -> None:
         assert code == 503 and "standby" in answer["error"]
 
     run(scenario)
+
+
+def test_a_report_from_the_future_is_refused_with_the_reason() -> None:
+    """A node clock far ahead would open future periods: refused (422, kept by the probe);
+    a clock a couple of minutes ahead is fine."""
+
+    def ending(seq: int, ahead: dt.timedelta) -> dict[str, Any]:
+        end = dt.datetime.now(dt.UTC).replace(microsecond=0) + ahead
+        return report(node="n1", boot_id="clock", seq=seq, end=end, pods=[
+            pod_usage("u1", "shop", "web-1", cpu_core_seconds=1, working_set=2**20)])
+
+    async def scenario(client: Client, state: State, kube: FakeKube) -> None:
+        code, answer = await post(client, ending(1, dt.timedelta(hours=3)), "good")
+        assert code == 422
+        assert "n1/clock/1" in answer["error"] and "ahead of the operator's clock" in answer["error"]
+        assert kube.statuses == {} and not state.accs
+        code, _ = await post(client, ending(2, dt.timedelta(minutes=2)), "good")
+        assert code == 200
+
+    run(scenario)

@@ -111,7 +111,46 @@ def test_unknown_pod_is_charged_by_name_and_closed_periods_are_frozen() -> None:
     assert stray.cpu_core_seconds == 1
     assert (WEB, "2026-11") not in state.accs
     fold_report(state, rep(2), T)
-    state.accs[(WEB, "2026-11")].closed = True
+    frozen = state.accs[(WEB, "2026-11")]
+    frozen.closed = frozen.final = True
     late = fold_report(state, rep(3), dt.datetime(2026, 12, 2, tzinfo=UTC))
-    assert late.late == 1  # the frozen workload record refused it
+    assert late.late == 1  # the final workload record refused it: an adjustment took it
     assert state.accs[(WEB, "2026-11")].total == 3 * POD
+    assert state.accs[(WEB, "2026-11-adjustment")].total == 3 * POD
+
+
+def test_late_usage_lands_in_the_adjustment_record_exactly_once() -> None:
+    """A report for a final period changes nothing in the final record: its usage goes to
+    the period's adjustment record, once; a resend of a report the final record already
+    holds goes nowhere."""
+    state = make_state()
+    fold_report(state, rep(1), T)
+    final = {k: a for k, a in state.accs.items()}
+    for acc in final.values():
+        acc.closed = acc.final = True
+    before = {k: status_patch(a) for k, a in final.items()}
+    later = dt.datetime(2026, 12, 20, tzinfo=UTC)
+    r = fold_report(state, rep(2, T + dt.timedelta(seconds=5)), later)
+    assert not r.duplicate and r.late == 3  # workload, namespace total, node idle
+    assert {k: status_patch(a) for k, a in final.items()} == before
+    adjustments = {k: a for k, a in state.accs.items() if a.adjustment}
+    assert {k[1] for k in adjustments} == {"2026-11-adjustment"}
+    assert set(r.touched) == set(adjustments)
+    assert state.accs[(WEB, "2026-11-adjustment")].total == 3 * POD
+    assert fold_report(state, rep(2, T + dt.timedelta(seconds=5)), later).duplicate
+    state.seen.clear()  # a restarted operator: only the records' own marks decide
+    again = fold_report(state, rep(2, T + dt.timedelta(seconds=5)), later)
+    assert again.duplicate and not again.touched
+    resent = fold_report(state, rep(1), later)  # held by the final records themselves
+    assert resent.duplicate and not resent.touched
+    assert state.accs[(WEB, "2026-11-adjustment")].total == 3 * POD
+
+
+def test_a_record_closed_for_a_gone_workload_reopens_within_its_period() -> None:
+    state = make_state()
+    fold_report(state, rep(1), T)
+    state.accs[(WEB, "2026-11")].closed = True  # the audit sweep: workload gone
+    r = fold_report(state, rep(2, T + dt.timedelta(seconds=5)), T)
+    assert r.late == 0 and not state.accs[(WEB, "2026-11")].closed
+    assert state.accs[(WEB, "2026-11")].total == 6 * POD
+    assert (WEB, "2026-11-adjustment") not in state.accs

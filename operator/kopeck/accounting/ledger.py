@@ -71,6 +71,10 @@ def namespace_total_key(namespace: str) -> WorkloadKey:
     return WorkloadKey(namespace, NAMESPACE_TOTAL_KIND, namespace, "v1")
 
 
+ADJUSTMENT_SUFFIX = "-adjustment"
+"""Appended to a period's name for the record of its late usage (record names, keys)."""
+
+
 def allocation_name(key: WorkloadKey, period_name: str) -> str:
     """Predictable object names: `<kind>-<name>-<period>`, `namespace-total-<period>`.
 
@@ -117,10 +121,20 @@ class Accumulator:
     folded: dict[str, SeqSet] = field(default_factory=dict)
     last_report: tuple[str, int, dt.datetime] | None = None
     closed: bool = False
+    final: bool = False
+    """The period is over and its grace passed: this record never changes again."""
+    adjustment: bool = False
+    """Late usage of a final period, recorded apart from it (its adjustment record)."""
     low_cpu_since: dt.datetime | None = None
     low_cpu_cost: Decimal = ZERO
     extra: dict[str, Any] = field(default_factory=dict)
     """Status parts other components own (proposal, histograms, conditions), kept as is."""
+
+    @property
+    def record(self) -> str:
+        """The record's part of its key and object name: the period's name, with
+        ADJUSTMENT_SUFFIX for an adjustment record."""
+        return self.period.name + (ADJUSTMENT_SUFFIX if self.adjustment else "")
 
     @property
     def total(self) -> Decimal:
@@ -270,6 +284,7 @@ def to_status(acc: Accumulator) -> AllocationStatus:
     )
     status = AllocationStatus(
         phase="Closed" if acc.closed else "Open",
+        final=acc.final,
         usage=Usage(
             cpu_core_seconds=float(acc.cpu_core_seconds),
             normalized_cpu_core_seconds=float(acc.normalized_cpu_core_seconds),
@@ -334,7 +349,7 @@ def _dec(value: Any) -> Decimal:
 
 
 _OWN_FIELDS = {
-    "phase", "usage", "requests", "cost", "efficiency", "podsSeen", "summary",
+    "phase", "final", "usage", "requests", "cost", "efficiency", "podsSeen", "summary",
     "lastReport", "folded",
 }
 
@@ -349,6 +364,7 @@ def from_status(
         return acc
     st = AllocationStatus.model_validate(status)
     acc.closed = st.phase == "Closed"
+    acc.final = st.final
     acc.currency = st.cost.currency
     u, r, c = st.usage, st.requests, st.cost
     acc.cpu_core_seconds = _dec(u.cpu_core_seconds)

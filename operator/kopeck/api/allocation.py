@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from kopeck.api.common import (
     Condition,
@@ -22,6 +22,8 @@ from kopeck.api.common import (
 
 PERIOD_LABEL = "cost.kopeck.io/period"
 WORKLOAD_KIND_LABEL = "cost.kopeck.io/workload-kind"
+ADJUSTMENT_LABEL = "cost.kopeck.io/adjustment"
+"""Set to "true" on adjustment records (late usage of a final period)."""
 NAMESPACE_TOTAL_KIND = "Namespace"
 
 
@@ -52,6 +54,9 @@ class AllocationSpec(KopeckModel):
     """The billing period."""
     policy_ref: PolicyRef | None = None
     """The policy that priced it."""
+    adjustment: bool = False
+    """True for the adjustment record of a final period: usage reported after the period's
+    record became final (late reports), priced apart so the final record never changes."""
 
 
 class NetworkBytes(StatusModel):
@@ -187,11 +192,36 @@ class Summary(StatusModel):
     """Overall efficiency, e.g. 43%."""
 
 
+_FINAL_FIELDS = ("usage", "requests", "cost", "folded")
+
+
+def _unchanged(field: str) -> str:
+    return (f"has(self.{field}) == has(oldSelf.{field}) && "
+            f"(!has(self.{field}) || self.{field} == oldSelf.{field})")
+
+
 class AllocationStatus(StatusModel):
     """What the operator attributed to the workload this period."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [{
+                "rule": "!has(oldSelf.final) || !oldSelf.final || (has(self.final) && "
+                        "self.final && " + " && ".join(_unchanged(f) for f in _FINAL_FIELDS)
+                        + ")",
+                "message": "this Allocation is final (its period is over): its usage, "
+                           "requests, cost and folded reports never change; late usage goes "
+                           "to its adjustment record",
+            }]
+        }
+    )
+
     phase: Literal["Open", "Closed"] = "Open"
-    """Closed records are frozen ledger entries."""
+    """Closed records take no more usage (the period is over, or the workload is gone; a
+    workload that reports again in its period reopens its record)."""
+    final: bool = False
+    """Set once the period is over and its grace has passed: from then on the record never
+    changes (a CRD rule holds it); late usage goes to its adjustment record."""
     usage: Usage = Field(default_factory=Usage)
     """Measured usage."""
     requests: Requests = Field(default_factory=Requests)

@@ -23,7 +23,7 @@ from kopeck.accounting.ledger import (
     status_patch,
 )
 from kopeck.accounting.periods import PeriodKind, PeriodWindow, as_utc, period_at
-from kopeck.api.allocation import PERIOD_LABEL, WORKLOAD_KIND_LABEL
+from kopeck.api.allocation import ADJUSTMENT_LABEL, PERIOD_LABEL, WORKLOAD_KIND_LABEL
 from kopeck.api.common import API_VERSION
 from kopeck.operator.kube import ApiError, resource_path
 from kopeck.operator.state import AccKey, State
@@ -60,13 +60,17 @@ def allocation_body(acc: Accumulator) -> dict[str, Any]:
     }
     if acc.policy:
         spec["policyRef"] = {"name": acc.policy}
+    labels = {PERIOD_LABEL: acc.period.name, WORKLOAD_KIND_LABEL: key.kind}
+    if acc.adjustment:
+        spec["adjustment"] = True
+        labels[ADJUSTMENT_LABEL] = "true"
     return {
         "apiVersion": API_VERSION,
         "kind": "Allocation",
         "metadata": {
-            "name": allocation_name(key, acc.period.name),
+            "name": allocation_name(key, acc.record),
             "namespace": key.namespace,
-            "labels": {PERIOD_LABEL: acc.period.name, WORKLOAD_KIND_LABEL: key.kind},
+            "labels": labels,
         },
         "spec": spec,
     }
@@ -310,8 +314,9 @@ def _load(item: Mapping[str, Any]) -> tuple[AccKey, Accumulator, WorkloadHistory
         log.warning("allocation %s/%s has an unreadable status: %s", ns,
                     item["metadata"]["name"], exc)
         return None
+    acc.adjustment = bool(spec.get("adjustment"))
     hist = acc.extra.get("histograms")
-    return (key, window.name), acc, WorkloadHistory.from_checkpoint(hist) if hist else None
+    return (key, acc.record), acc, WorkloadHistory.from_checkpoint(hist) if hist else None
 
 
 async def restore(state: State) -> int:
@@ -335,16 +340,19 @@ async def restore(state: State) -> int:
 
 
 def close_ended(state: State, now: dt.datetime) -> list[AccKey]:
-    """Freeze records whose period ended more than the grace ago; drop long-closed ones."""
+    """Make records final whose period ended more than the grace ago (a closed record of a
+    workload gone mid-period included); drop long-final ones from memory."""
     grace = dt.timedelta(seconds=state.settings.close_grace)
+    forget = dt.timedelta(days=40)
     closed = []
     for akey, acc in list(state.accs.items()):
-        if acc.closed:
-            if acc.period.end + dt.timedelta(days=40) < now and akey not in state.dirty:
+        if acc.final or acc.adjustment:
+            if acc.period.end + forget < now and akey not in state.dirty:
                 del state.accs[akey]
+                state.ledger_versions.pop(akey, None)
             continue
         if acc.period.end + grace <= now:
-            acc.closed = True
+            acc.closed = acc.final = True
             state.dirty.add(akey)
             closed.append(akey)
     return closed

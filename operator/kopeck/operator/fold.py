@@ -20,7 +20,7 @@ from kopeck.accounting.cost import (
     pod_cost,
     share_idle,
 )
-from kopeck.accounting.ledger import NODE_KIND, WorkloadKey, namespace_total_key
+from kopeck.accounting.ledger import NODE_KIND, Accumulator, WorkloadKey, namespace_total_key
 from kopeck.accounting.matching import NamedPolicy
 from kopeck.accounting.network import bytes_by_class
 from kopeck.accounting.periods import PeriodWindow, split_interval
@@ -123,6 +123,28 @@ def resolve_pod(state: State, pod: PodUsage) -> PodInfo | None:
     return info
 
 
+def _record(
+    state: State, key: WorkloadKey, window: PeriodWindow, policy: NamedPolicy | None,
+    report: ProbeReport, result: FoldResult,
+) -> tuple[AccKey, Accumulator] | None:
+    """The record a report's share of one period goes into; None when it holds it already.
+
+    A final record never changes: usage arriving for its period lands in the period's
+    adjustment record (counted as late). A record closed only because its workload went
+    away reopens when the workload reports again within the period."""
+    acc = state.accumulator(key, window, policy)
+    if acc.holds(report.node, report.boot_id, report.seq):
+        return None
+    if acc.final:
+        result.late += 1
+        acc = state.accumulator(key, window, policy, adjustment=True)
+        if acc.holds(report.node, report.boot_id, report.seq):
+            return None
+    elif acc.closed:
+        acc.closed = False
+    return (key, acc.record), acc
+
+
 def fold_report(state: State, report: ProbeReport, now: dt.datetime) -> FoldResult:
     """Price a report and fold it into every record it concerns, each exactly once."""
     result = FoldResult()
@@ -205,16 +227,11 @@ def fold_report(state: State, report: ProbeReport, now: dt.datetime) -> FoldResu
         fresh = False
         for window, frac in splits[kind]:
             for key in (wkey, namespace_total_key(wkey.namespace)):
-                acc = state.accumulator(key, window, policy)
-                akey = (key, window.name)
-                if acc.closed and acc.period.end <= now:
-                    result.late += 1  # the period is over: its records are frozen
-                    continue
-                if acc.closed:  # closed by the audit sweep, but the workload reports again
-                    acc.closed = False
-                if acc.holds(report.node, report.boot_id, report.seq):
+                target = _record(state, key, window, policy, report, result)
+                if target is None:
                     held += 1
                     continue
+                akey, acc = target
                 acc.add_group(pis, group_costs, fraction=frac, cpu_factor=cpu_factor)
                 touched.add(akey)
                 if key == wkey:
@@ -242,11 +259,11 @@ def fold_report(state: State, report: ProbeReport, now: dt.datetime) -> FoldResu
     if interval.idle != 0 or not entries:
         node_key = WorkloadKey(state.settings.namespace, NODE_KIND, report.node, "v1")
         for window, frac in split_interval(period_kind(node_pol), start, end):
-            acc = state.accumulator(node_key, window, node_pol)
-            if acc.closed or acc.holds(report.node, report.boot_id, report.seq):
+            target = _record(state, node_key, window, node_pol, report, result)
+            if target is None:
                 continue
-            acc.add_idle(interval.idle, frac)
-            touched.add((node_key, window.name))
+            target[1].add_idle(interval.idle, frac)
+            touched.add(target[0])
 
     for akey in touched:
         acc = state.accs[akey]

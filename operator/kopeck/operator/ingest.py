@@ -39,6 +39,10 @@ INGEST_PATH = "/v1/reports"
 MAX_BODY_BYTES = 64 * 2**20
 MAX_INTERVAL = dt.timedelta(hours=1)
 RATE_WINDOW_SECONDS = 300.0
+FUTURE_TOLERANCE = dt.timedelta(minutes=5)
+"""How far past the operator's clock a report may end: a node clock a few minutes ahead
+is accepted (its usage lands in the period its timestamps name); beyond this the report
+is refused, and the probe keeps it and offers it again later."""
 ACK_WAIT_SECONDS = 8.0
 """How long a report waits for its checkpoint before a 503: under the probe's 10 s push
 timeout, so the probe hears "resend later" rather than timing out on its own."""
@@ -121,8 +125,16 @@ class Ingest:
                                "by at most 1h")
         if (refusal := self.reviewer.node_refusal(probe, report.node)) is not None:
             return _refuse(refusal)
-        await self._learn_pods(report)
         now = utcnow()
+        if report.interval_end > now + FUTURE_TOLERANCE:
+            ahead = (report.interval_end - now).total_seconds()
+            metrics.REPORTS.labels("future").inc()
+            return _error(422, f"report {report.node}/{report.boot_id}/{report.seq}: "
+                               f"intervalEnd {report.interval_end.isoformat()} is {ahead:.0f}s "
+                               "ahead of the operator's clock (at most "
+                               f"{FUTURE_TOLERANCE.total_seconds():.0f}s): check the node's "
+                               "clock; the probe keeps the report and offers it again")
+        await self._learn_pods(report)
         result = fold_report(state, report, now)
         state.node_seen[report.node] = time.time()
         generation = self.checkpointer.bump() if result.touched else None

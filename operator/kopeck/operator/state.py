@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from kopeck.accounting.budget import PodShape
-from kopeck.accounting.ledger import Accumulator, WorkloadKey
+from kopeck.accounting.ledger import ADJUSTMENT_SUFFIX, Accumulator, WorkloadKey
 from kopeck.accounting.matching import NamedPolicy, choose_policy
 from kopeck.accounting.periods import PeriodKind, PeriodWindow
 from kopeck.accounting.prices import NodeFacts
@@ -117,10 +117,12 @@ class State:
         )
 
     def accumulator(
-        self, key: WorkloadKey, window: PeriodWindow, policy: NamedPolicy | None
+        self, key: WorkloadKey, window: PeriodWindow, policy: NamedPolicy | None,
+        adjustment: bool = False,
     ) -> Accumulator:
-        """The accumulator of a workload in a period, created empty on first use."""
-        akey = (key, window.name)
+        """The accumulator of a workload in a period (or of the period's late usage: its
+        adjustment record), created empty on first use."""
+        akey = (key, window.name + (ADJUSTMENT_SUFFIX if adjustment else ""))
         acc = self.accs.get(akey)
         if acc is None:
             acc = Accumulator(
@@ -128,6 +130,7 @@ class State:
                 period=window,
                 currency=policy.spec.pricing.currency if policy else "USD",
                 policy=policy.name if policy else None,
+                adjustment=adjustment,
             )
             self.accs[akey] = acc
         elif policy is not None and acc.policy is None:
