@@ -206,3 +206,40 @@ def test_export_command_writes_focus_and_csv(
 def test_by_parse_shapes_keys() -> None:
     assert parse_group_by("label:team").columns == ("LABEL team",)
     assert GroupBy("workload").columns == ("NAMESPACE", "WORKLOAD")
+
+
+def test_late_usage_is_a_correction_in_focus_and_named_in_the_report(
+    data: Dataset, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An adjustment record (late usage of a final period) adds to its period's totals, is
+    ChargeClass Correction in FOCUS, and the report heading says it is there."""
+    items = json.loads(DUMP.read_text())["items"]
+    final = next(i for i in items if i["spec"]["workloadRef"]["kind"] == "Deployment"
+                 and i["spec"]["period"]["name"] == "2026-10")
+    adj = json.loads(json.dumps(final))
+    adj["metadata"]["name"] += "-adjustment"
+    adj["spec"]["adjustment"] = True
+    adj["status"]["cost"] = {**adj["status"]["cost"], **{k: "0" for k in COMPONENTS},
+                             "cpu": "0.25", "total": "0.25"}
+    dump = tmp_path / "dump.json"
+    dump.write_text(json.dumps({"items": [*items, adj]}))
+    with_late = dataset([*items, adj])
+    corrections = [r for r in focus_rows(with_late) if r["ChargeClass"] == "Correction"]
+    assert [(r["BilledCost"], r["x_KopeckComponent"]) for r in corrections
+            if r["BilledCost"]] == [(D("0.25"), "cpu")]
+    assert corrections[0]["ChargeDescription"].startswith("Late usage: ")
+    assert not [r for r in focus_rows(data) if r["ChargeClass"] == "Correction"]
+    ns = final["metadata"]["namespace"]
+
+    def total(path: Path) -> tuple[str, D]:
+        rc, out, _ = run_cli(capsys, "report", "--from-file", str(path), "-o", "json",
+                             "--period", "2026-10", "--by", "workload", "-n", ns)
+        assert rc == 0
+        doc = json.loads(out)
+        return doc["heading"], sum((D(r["total_cost"]) for r in doc["rows"]), D(0))
+
+    head, with_adj = total(dump)
+    plain_head, plain = total(DUMP)
+    assert with_adj - plain == D("0.25")
+    assert "includes late usage" in head and "1 adjustment record, 0.25" in head
+    assert "late usage" not in plain_head

@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 from kopeck.reports.aggregate import (
@@ -83,6 +84,12 @@ def heading(sel: Selection, window: Window, now: dt.datetime) -> str:
     shown = ", ".join(parts[-4:]) + (f" and {len(parts) - 4} more" if len(parts) > 4 else "")
     scope = f" in namespace {sel.namespace}" if sel.namespace else ""
     what = "monthly rate (730 h)" if window == "month" else "window totals"
+    late = [r for r in sel.records if r.adjustment]
+    if late:
+        money = ", ".join(f"{sum((r.total for r in late if r.currency == c), Decimal(0))} {c}"
+                          for c in sorted({r.currency for r in late}))
+        what += (f"; includes late usage reported after its period was final "
+                 f"({len(late)} adjustment record{'s' if len(late) != 1 else ''}, {money})")
     return f"period {shown}{scope}: {what}"
 
 

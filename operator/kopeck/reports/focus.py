@@ -15,6 +15,7 @@ Field choices, where FOCUS leaves them to the provider:
   ChargePeriodEnd of an open period is the newest report folded into it.
 - SubAccountId is the namespace; ResourceId is `<account>/<namespace>/<kind>/<name>`.
 - Region is not recorded in Allocations, so RegionId/RegionName stay empty.
+- Adjustment records (late usage of a period already final) are ChargeClass Correction.
 """
 
 from __future__ import annotations
@@ -159,8 +160,11 @@ def focus_rows(
                 "BillingAccountId": ctx.billing_account, "BillingAccountName": ctx.billing_account,
                 "BillingPeriodStart": bill_start, "BillingPeriodEnd": bill_end,
                 "ChargePeriodStart": rec.start, "ChargePeriodEnd": as_of[rec.period],
-                "ChargeCategory": "Usage", "ChargeClass": None,
-                "ChargeDescription": f"{description}, period {rec.period}",
+                "ChargeCategory": "Usage",
+                # late usage of a period already final: FOCUS's correction of a past period
+                "ChargeClass": "Correction" if rec.adjustment else None,
+                "ChargeDescription": (f"{'Late usage: ' if rec.adjustment else ''}"
+                                      f"{description}, period {rec.period}"),
                 "ChargeFrequency": "Usage-Based",
                 "ConsumedQuantity": consumed, "ConsumedUnit": unit if consumed is not None else None,
                 "PricingQuantity": pricing, "PricingUnit": unit,

@@ -62,6 +62,8 @@ class AllocationRecord:
     monthly_savings: Decimal | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     uid: str | None = None
+    adjustment: bool = False
+    """Late usage of a final period, recorded apart from its final record (a correction)."""
 
     @property
     def record_kind(self) -> RecordKind:
@@ -144,6 +146,7 @@ def allocation_record(item: Mapping[str, Any]) -> AllocationRecord:
         start=as_utc(spec.period.start),
         end=as_utc(spec.period.end),
         phase=status.phase,
+        adjustment=spec.adjustment,
         policy=spec.policy_ref.name if spec.policy_ref else None,
         currency=c.currency,
         cost=cost,
