@@ -20,10 +20,9 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kopf
-from kopf._core.engines.peering import Identity
 
 from kopeck.operator.settings import Settings
 
@@ -216,7 +215,8 @@ async def main(settings: Settings) -> None:
             standalone=not settings.peering,
             peering_name=settings.peering,
             priority=priority,
-            identity=Identity(identity),
+            # kopf types this with its private Identity NewType, a plain str at runtime
+            identity=cast(Any, identity),
         )
     finally:
         for task in tasks:
