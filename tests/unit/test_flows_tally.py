@@ -193,7 +193,7 @@ def test_collector_allow_list_and_bad_input_over_loopback() -> None:
         stats = col.stats()
     assert stats.datagrams == 6
     assert stats.not_allowed == 1
-    assert stats.drops == {"truncated_header": 1, "length_past_end": 2}
+    assert stats.drops == {"truncated_header": 1, "length_past_end": 2, "exporter_not_allowed": 1}
     assert totals["pod-a"].by_class["internet", "tx"].bytes == 2 * 1234
     assert stats.records == 2
 

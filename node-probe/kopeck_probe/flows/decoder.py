@@ -62,6 +62,32 @@ _V9_OPTIONS = struct.Struct("!HHH")
 StreamKey = tuple[str, int, int]
 """(exporter address, version 9 or 10, source id / observation domain id)."""
 
+DROP_REASONS: dict[str, tuple[str, str]] = {
+    # reason: (what one count is, why)
+    "truncated_header": ("datagram", "shorter than its version's header"),
+    "bad_version": ("datagram", "neither NetFlow v9 nor IPFIX"),
+    "length_past_end": ("datagram", "IPFIX length longer than the datagram"),
+    "length_mismatch": ("datagram", "IPFIX length shorter than the datagram"),
+    "truncated_set": ("datagram", "bytes after the last set too short for a set header"),
+    "bad_set_length": ("datagram", "a set length below 4"),
+    "set_past_end": ("datagram", "a set running past the end of the message"),
+    "reserved_set": ("set", "set id reserved by the RFC (neither template nor data)"),
+    "unknown_template": ("set", "data set of a template this stream has not announced"),
+    "bad_record": ("set", "variable-length record running past its set, or an integer > 8 octets"),
+    "bad_template": ("template", "template record malformed (id < 256, no fields, bad scope)"),
+    "zero_length_field": ("template", "template with a field of length 0"),
+    "template_too_many_fields": ("template", "more fields than the template field bound"),
+    "template_limit": ("template", "stream already holds its maximum number of templates"),
+    "template_bytes_limit": ("template", "exporter or total template byte budget exhausted"),
+    "withdraw_unknown": ("template", "withdrawal of a template never announced"),
+    "stream_evicted": ("stream", "least recently used stream forgotten to make room"),
+    "bad_sampling": ("record", "options record announcing sampling 1-in-0"),
+    "no_addresses": ("record", "flow record whose template has no address"),
+    "undecodable_records": ("record", "records of a data set that failed to decode"),
+    "sampling_saturated": ("record", "record kept, sampled-up counter saturated at 2**64-1"),
+}
+"""Every reason the decoder drops, refuses or degrades something, with what is counted."""
+
 
 @dataclass(slots=True)
 class StreamState:
@@ -294,7 +320,7 @@ class Decoder:
                 else:
                     self._ipfix_templates(stream, data, a, b, options=True)
             else:
-                self.drops["reserved_set"] += 1
+                self._drop("reserved_set")
 
         self._sequence(stream, version, seq, data_records if counted else None)
         return True
@@ -314,7 +340,7 @@ class Decoder:
         victim = next((k for k in candidates if not self.streams[k].templates), candidates[0])
         gone = self.streams.pop(victim)
         self._release(victim[0], gone.templates.values())
-        self.drops["stream_evicted"] += 1
+        self._drop("stream_evicted")
 
     def _release(self, exporter: str, layouts: Iterable[RecordLayout]) -> None:
         self._template_bytes[exporter] -= sum(template_cost_bytes(lay.template) for lay in layouts)
@@ -325,8 +351,9 @@ class Decoder:
         """Estimated template memory held per exporter address."""
         return dict(self._template_bytes)
 
-    def _drop(self, reason: str) -> bool:
-        self.drops[reason] += 1
+    def _drop(self, reason: str, count: int = 1) -> bool:
+        assert reason in DROP_REASONS, reason
+        self.drops[reason] += count
         return False
 
     def _sequence(self, stream: StreamState, version: int, seq: int, records: int | None) -> None:
@@ -349,11 +376,11 @@ class Decoder:
     # ------------------------------------------------------------------ templates
     def _add_template(self, stream: StreamState, template: Template) -> None:
         if len(template.fields) > self.max_fields:
-            self.drops["template_too_many_fields"] += 1
+            self._drop("template_too_many_fields")
             return
         old = stream.templates.get(template.template_id)
         if old is None and len(stream.templates) >= self.max_templates:
-            self.drops["template_limit"] += 1
+            self._drop("template_limit")
             return
         if old is not None and old.template == template:
             return  # refresh
@@ -362,12 +389,12 @@ class Decoder:
         if old is not None:
             cost -= template_cost_bytes(old.template)
         if self._template_bytes[exporter] + cost > self.max_template_bytes_per_exporter:
-            self.drops["template_bytes_limit"] += 1
+            self._drop("template_bytes_limit")
             return
         while sum(self._template_bytes.values()) + cost > self.max_template_bytes:
             others = [k for k in self.streams if k[0] != exporter and self.streams[k].templates]
             if not others:
-                self.drops["template_bytes_limit"] += 1
+                self._drop("template_bytes_limit")
                 return
             self._evict(others)  # least recently used stream of another exporter
         if old is not None:
@@ -380,7 +407,7 @@ class Decoder:
         for i in range(count):
             ie, length = _FIELD.unpack_from(data, p + 4 * i)
             if length == 0:
-                self.drops["zero_length_field"] += 1
+                self._drop("zero_length_field")
                 return None
             fields.append(FieldSpec(ie, length))
         return tuple(fields)
@@ -390,12 +417,12 @@ class Decoder:
             tid, count = _FIELD.unpack_from(data, p)
             p += 4
             if count == 0 or end - p < 4 * count:
-                self.drops["bad_template"] += 1
+                self._drop("bad_template")
                 return
             fields = self._fields_v9(data, p, count)
             p += 4 * count
             if tid < 256:
-                self.drops["bad_template"] += 1
+                self._drop("bad_template")
             elif fields is not None:
                 self._add_template(stream, Template(tid, fields))
 
@@ -404,16 +431,16 @@ class Decoder:
             tid, scope_len, option_len = _V9_OPTIONS.unpack_from(data, p)
             p += 6
             if scope_len % 4 or option_len % 4 or end - p < scope_len + option_len:
-                self.drops["bad_template"] += 1
+                self._drop("bad_template")
                 return
             count = (scope_len + option_len) // 4
             if count == 0:
-                self.drops["bad_template"] += 1
+                self._drop("bad_template")
                 return
             fields = self._fields_v9(data, p, count)
             p += 4 * count
             if tid < 256:
-                self.drops["bad_template"] += 1
+                self._drop("bad_template")
             elif fields is not None:
                 self._add_template(
                     stream, Template(tid, fields, scope_count=scope_len // 4, is_options=True)
@@ -432,33 +459,33 @@ class Decoder:
             scope = 0
             if options:
                 if end - p < 2:
-                    self.drops["bad_template"] += 1
+                    self._drop("bad_template")
                     return
                 scope = (data[p] << 8) | data[p + 1]
                 p += 2
                 if not 1 <= scope <= count:
-                    self.drops["bad_template"] += 1
+                    self._drop("bad_template")
                     return
             fields: list[FieldSpec] = []
             for _ in range(count):
                 if end - p < 4:
-                    self.drops["bad_template"] += 1
+                    self._drop("bad_template")
                     return
                 ie, length = _FIELD.unpack_from(data, p)
                 p += 4
                 enterprise = 0
                 if ie & 0x8000:
                     if end - p < 4:
-                        self.drops["bad_template"] += 1
+                        self._drop("bad_template")
                         return
                     enterprise = int.from_bytes(data[p : p + 4], "big")
                     ie &= 0x7FFF
                     p += 4
                 fields.append(FieldSpec(ie, length, enterprise))
             if tid < 256:
-                self.drops["bad_template"] += 1
+                self._drop("bad_template")
             elif any(f.length == 0 for f in fields):
-                self.drops["zero_length_field"] += 1
+                self._drop("zero_length_field")
             else:
                 self._add_template(
                     stream, Template(tid, tuple(fields), scope_count=scope, is_options=options)
@@ -475,12 +502,12 @@ class Decoder:
         elif tid >= 256:
             gone = stream.templates.pop(tid, None)
             if gone is None:
-                self.drops["withdraw_unknown"] += 1
+                self._drop("withdraw_unknown")
             else:
                 self._release(stream.key[0], [gone])
                 stream.template_changes += 1
         else:
-            self.drops["bad_template"] += 1
+            self._drop("bad_template")
 
     # ------------------------------------------------------------------ data
     def _data_set(
@@ -510,7 +537,7 @@ class Decoder:
             try:
                 cols, count = walk_variable(layout, data, a, b)
             except RecordError:
-                self.drops["bad_record"] += 1
+                self._drop("bad_record")
                 return -1
             if count == 0:
                 return 0
@@ -536,20 +563,23 @@ class Decoder:
             try:
                 cols, count = walk_variable(layout, data, a, b)
             except RecordError:
-                self.drops["bad_record"] += 1
+                self._drop("bad_record")
                 return -1
         if count:
             if len(cols.get("init_ms", ())):
                 stream.init_ms = float(cols["init_ms"][-1])
-            rate = 0
+            rate: int | None = None
             if len(cols.get("sampling", ())):
                 rate = int(cols["sampling"][-1])
             elif len(cols.get("sampling_interval", ())) and len(cols.get("sampling_space", ())):
                 interval = int(cols["sampling_interval"][-1])
-                if interval:
-                    rate = round((interval + int(cols["sampling_space"][-1])) / interval)
-            if rate >= 1:
-                stream.sampling = rate
+                space = int(cols["sampling_space"][-1])
+                rate = round((interval + space) / interval) if interval else 0
+            if rate is not None:
+                if rate >= 1:
+                    stream.sampling = rate
+                else:
+                    self._drop("bad_sampling")
         return count
 
     # ------------------------------------------------------------------ flush
@@ -587,7 +617,7 @@ class Decoder:
             try:
                 batch = self._decode_pending(one)
             except Exception:
-                self.drops["undecodable_records"] += count
+                self._drop("undecodable_records", count)
                 continue
             if batch is not None:
                 out.append(batch)
@@ -603,6 +633,7 @@ class Decoder:
         names = layout.names
         if not names & _ADDRESS_NAMES:
             self.records_without_addresses += total
+            self._drop("no_addresses", total)
             return None
         if p.slow is not None:
             cols = {k: np.asarray(v, dtype=np.uint64) for k, v in p.slow.items()}
@@ -619,11 +650,12 @@ class Decoder:
         octets = cols.get("bytes", zeros)
         packets = cols.get("packets", zeros)
         factor = None
+        saturated = np.zeros(total, dtype=np.bool_)
         if (sampling != 1).any():
             factor = np.repeat(sampling, counts)
             octets, o_over = _scale(octets, factor)
             packets, p_over = _scale(packets, factor)
-            self.saturated_records += int((o_over | p_over).sum())
+            saturated = o_over | p_over
         time_s = self._times(cols, names, meta, counts, export_s)
         batch = FlowBatch(src_hi, src_lo, dst_hi, dst_lo, octets, packets, time_s)
         if "rbytes" in names or "rpackets" in names:  # RFC 5103 biflow: the reverse half
@@ -632,7 +664,7 @@ class Decoder:
             if factor is not None:
                 rbytes, rb_over = _scale(rbytes, factor)
                 rpackets, rp_over = _scale(rpackets, factor)
-                self.saturated_records += int((rb_over | rp_over).sum())
+                saturated = saturated | rb_over | rp_over
             keep = (rbytes > 0) | (rpackets > 0)
             if keep.any():
                 reverse = FlowBatch(
@@ -645,6 +677,11 @@ class Decoder:
                     time_s[keep],
                 )
                 batch = FlowBatch.concat([batch, reverse])
+        if factor is not None:
+            hit = int(saturated.sum())
+            if hit:
+                self.saturated_records += hit
+                self._drop("sampling_saturated", hit)
         return batch
 
     @staticmethod
