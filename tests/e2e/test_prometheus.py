@@ -22,15 +22,10 @@ its pid; the stack stops everything it started. About two minutes.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-import subprocess
-import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,15 +35,14 @@ from kopeck.api.costpolicy import Rightsizing
 from kopeck.demo import scenario
 from kopeck.demo.operator_process import OperatorProcess
 from kopeck.demo.stack import Stack, StackSettings
-from kopeck.localcluster.cluster import free_port
 from kopeck.rightsizing import PercentileSettings, PercentileStrategy, Resources, propose
 from kopeck.rightsizing.histogram import CPU_BUCKETS
 from kopeck.rightsizing.prometheus import PrometheusHistorySource, pod_regex
 from kopeck.rightsizing.quantity import parse_cpu, parse_duration, parse_memory
+from tests.support.prometheus import Prometheus, running_prometheus, scrape_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 NS = "prom-e2e"
 APP = "steady"
 CONTAINER = "main"
@@ -90,67 +84,6 @@ def policy() -> dict[str, Any]:
 
 
 @dataclass
-class Prometheus:
-    """A Prometheus process on loopback and a prometheus-api-client connection to it."""
-
-    url: str
-    proc: subprocess.Popen[bytes]
-    workdir: Path
-
-    @property
-    def client(self) -> PrometheusConnect:
-        return PrometheusConnect(url=self.url, disable_ssl=True)
-
-    def log_tail(self) -> str:
-        return (self.workdir / "prometheus.log").read_text(errors="replace")[-2000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def start_prometheus(targets: dict[str, str]) -> Prometheus:
-    """Prometheus scraping each job's target every second; ready when /-/ready answers."""
-    workdir = Path(tempfile.mkdtemp(prefix="kopeck-e2e-prom-"))
-    jobs = "".join(
-        f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
-        for job, target in targets.items()
-    )
-    (workdir / "prometheus.yml").write_text(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 10s\n"
-        f"scrape_configs:\n{jobs}"
-    )
-    port = free_port()
-    with (workdir / "prometheus.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={workdir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
-    prom = Prometheus(f"http://127.0.0.1:{port}", proc, workdir)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(f"{prom.url}/-/ready", timeout=1) as resp:
-                if resp.status == 200:
-                    return prom
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            tail = prom.log_tail()
-            prom.stop()
-            raise RuntimeError(f"prometheus did not become ready:\n{tail}")
-        time.sleep(0.2)
-
-
-@dataclass
 class Run:
     """What the module's fixture started."""
 
@@ -163,21 +96,17 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    if not Path(PROMETHEUS).exists():
-        pytest.skip("prometheus binary not installed")
     lines: list[str] = []
     stack = Stack(
         tmp_path_factory.mktemp("stack"), StackSettings(report_interval_s=1.0), say=lines.append
     )
     with stack:
         assert stack.operator is not None
-        prom = start_prometheus(
-            {
-                "probe": f"127.0.0.1:{stack.probe_metrics_port}",
-                "operator": f"127.0.0.1:{stack.operator.health_port}",
-            }
-        )
-        try:
+        targets = {
+            "probe": f"127.0.0.1:{stack.probe_metrics_port}",
+            "operator": f"127.0.0.1:{stack.operator.health_port}",
+        }
+        with running_prometheus(scrape_config(targets, honor_labels=False)) as prom:
             for manifest in (policy(), scenario.namespace(NS, {"e2e": "prometheus"})):
                 seen = scenario.kubectl(stack, "apply", "-f", "-", manifest=manifest)
                 assert seen.returncode == 0, seen.stderr
@@ -199,8 +128,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 every=0.5,
             )
             yield Run(stack, prom, dt.datetime.now(dt.UTC))
-        finally:
-            prom.stop()
 
 
 def allocation(stack: Stack) -> dict[str, Any]:
@@ -300,7 +227,7 @@ def difference(a: Resources, b: Resources) -> tuple[float, float]:
 
 
 def test_prometheus_scrapes_the_probe_and_the_operator(run: Run) -> None:
-    client = run.prometheus.client
+    client = PrometheusConnect(url=run.prometheus.url, disable_ssl=True)
     seen: dict[str, float] = {}
 
     def both_up() -> bool:

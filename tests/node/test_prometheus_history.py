@@ -10,21 +10,16 @@ Prometheus is ended by its pid and its storage removed.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from kopeck.api.report import ContainerUsage, PodUsage
+from kopeck.localcluster.cluster import free_port
 from kopeck.rightsizing import (
     PercentileSettings,
     PercentileStrategy,
@@ -38,10 +33,10 @@ from kopeck.rightsizing.prometheus import (
     PrometheusHistorySource,
     pod_regex,
 )
+from tests.support.prometheus import running_prometheus, scrape_config
 
 pytestmark = pytest.mark.node
 
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 MI = 2**20
 SCRAPE_SECONDS = 1
 RUN_SECONDS = 16
@@ -52,12 +47,6 @@ USAGE = {
 }
 PEAK = ("web-5f7c9d8b6-bbbbb", "app", 300 * MI)
 """One container's working set reaches this for a few seconds in the middle of the run."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _working_set(pod: str, container: str, elapsed: float) -> int:
@@ -89,57 +78,20 @@ class KnownUsage:
 
 @pytest.fixture
 def prometheus_with_exporter() -> Iterator[tuple[str, float]]:
-    if not Path(PROMETHEUS).exists():
-        pytest.skip("prometheus binary not installed")
     t0 = time.time()
     registry = CollectorRegistry()
     registry.register(KnownUsage(t0))
-    exporter_port = _free_port()
+    exporter_port = free_port()
     server, thread = start_http_server(exporter_port, addr="127.0.0.1", registry=registry)
-    workdir = Path(tempfile.mkdtemp(prefix="kopeck-prom-"))
-    prom_port = _free_port()
-    (workdir / "prometheus.yml").write_text(
-        f"global:\n  scrape_interval: {SCRAPE_SECONDS}s\n  evaluation_interval: 10s\n"
-        "scrape_configs:\n  - job_name: probe\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{exporter_port}']\n"
-    )
-    proc = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(workdir / "prometheus.log", "wb"),  # noqa: SIM115
-    )
-    url = f"http://127.0.0.1:{prom_port}"
+    config = scrape_config({"probe": f"127.0.0.1:{exporter_port}"}, honor_labels=False,
+                           interval=f"{SCRAPE_SECONDS}s")
     try:
-        deadline = time.time() + 15
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                log = (workdir / "prometheus.log").read_text(errors="replace")
-                pytest.fail(f"prometheus did not become ready:\n{log[-2000:]}")
-            time.sleep(0.2)
-        yield url, t0
+        with running_prometheus(config) as prom:
+            yield prom.url, t0
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _embedded_history(t0: float, seconds: int) -> WorkloadHistory:
