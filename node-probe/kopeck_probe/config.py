@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from kopeck.api.report import REPLAY_HORIZON_REPORTS, TrafficClass
 
@@ -47,21 +58,58 @@ def parse_listen(value: str, default_port: int = 2055) -> tuple[str, int]:
 
 
 MAX_ALLOW_ADDRESSES = 4096
+MAX_DOMAIN = 0xFFFF_FFFF
 
 
-def allowed_exporters(values: tuple[str, ...]) -> frozenset[str]:
-    """--flows-allow addresses and CIDRs as the set of addresses the collector accepts
-    (it checks each datagram's source by exact match: CIDRs are expanded, up to a bound)."""
-    out: set[str] = set()
+@dataclass(frozen=True, slots=True)
+class ExporterAllowList:
+    """--flows-allow as the collector checks it: addresses accepted from any observation
+    domain, and addresses accepted only from some domains (IPFIX observation domain id,
+    NetFlow v9 source id)."""
+
+    any_domain: frozenset[str]
+    domains: Mapping[str, frozenset[int]]
+
+
+def exporter_allow_list(values: tuple[str, ...]) -> ExporterAllowList:
+    """--flows-allow 'ADDRESS|CIDR[@DOMAIN]' entries (CIDRs expanded, up to a bound). An
+    address listed without a domain is accepted from every domain."""
+    anyd: set[str] = set()
+    domains: dict[str, set[int]] = {}
+    total = 0
     for v in values:
-        net = _network(v, "--flows-allow")
-        if net.num_addresses > MAX_ALLOW_ADDRESSES:
+        where, at, dom = v.strip().partition("@")
+        domain: int | None = None
+        if at:
+            if not dom.strip().isdigit() or int(dom) > MAX_DOMAIN:
+                raise ValueError(
+                    f"--flows-allow {v!r}: observation domain {dom!r} is not an integer "
+                    f"0..{MAX_DOMAIN}; use ADDRESS[@DOMAIN], e.g. 10.0.0.5@1"
+                )
+            domain = int(dom)
+        net = _network(where, "--flows-allow")
+        total += net.num_addresses
+        if net.num_addresses > MAX_ALLOW_ADDRESSES or total > MAX_ALLOW_ADDRESSES:
             raise ValueError(
                 f"--flows-allow {v!r} holds {net.num_addresses} addresses; list the "
                 f"exporters (at most {MAX_ALLOW_ADDRESSES} addresses)"
             )
-        out.update(str(a) for a in net if net.num_addresses == 1 or a not in _ends(net))
-    return frozenset(out)
+        for a in net:
+            if net.num_addresses != 1 and a in _ends(net):
+                continue
+            if domain is None:
+                anyd.add(str(a))
+            else:
+                domains.setdefault(str(a), set()).add(domain)
+    return ExporterAllowList(
+        frozenset(anyd),
+        {a: frozenset(d) for a, d in domains.items() if a not in anyd},
+    )
+
+
+def allowed_exporters(values: tuple[str, ...]) -> frozenset[str]:
+    """--flows-allow addresses accepted from any observation domain (see exporter_allow_list)."""
+    return exporter_allow_list(values).any_domain
 
 
 def _ends(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> set[object]:
@@ -91,6 +139,50 @@ def parse_classed_cidr(value: str) -> tuple[str, TrafficClass]:
         f"--internal-cidr {value!r}: unknown traffic class {name!r} "
         f"(one of {', '.join(TRAFFIC_CLASSES)})"
     )
+
+
+FLOWS_MAX_TEMPLATE_FIELDS = 256
+"""The decoder's hard bound on fields per template (flows.templates.MAX_TEMPLATE_FIELDS)."""
+MIN_TEMPLATE_BUDGET_BYTES = 1024
+"""Below this, not even a one-field template fits (each costs 512 + 64 per field)."""
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(|k|ki|kib|m|mi|mib|g|gi|gib)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+# setting -> (lowest, highest, what it means); flags are --flows-x-y, env KOPECK_FLOWS_X_Y
+FLOW_LIMITS: dict[str, tuple[int, int, str]] = {
+    "flows_max_streams": (1, 4096, "streams (exporter, version, domain) kept in all"),
+    "flows_streams_per_exporter": (1, 4096, "streams one exporter address may hold"),
+    "flows_templates_per_stream": (1, 65279, "templates one stream may hold"),
+    "flows_template_fields": (1, FLOWS_MAX_TEMPLATE_FIELDS, "fields per template"),
+    "flows_template_bytes_per_exporter": (
+        MIN_TEMPLATE_BUDGET_BYTES,
+        1 << 30,
+        "template memory per exporter address (bytes)",
+    ),
+    "flows_template_bytes": (MIN_TEMPLATE_BUDGET_BYTES, 1 << 32, "template memory in all (bytes)"),
+}
+FLOW_ENV_SETTINGS = ("flows_listen", "flows_allow", *FLOW_LIMITS)
+"""Collector settings also read from KOPECK_<NAME> when not given (e.g. KOPECK_FLOWS_LISTEN)."""
+
+
+def flow_flag(name: str) -> str:
+    """The flag and environment variable that set a collector setting, for error messages."""
+    return f"--{name.replace('_', '-')} (KOPECK_{name.upper()})"
+
+
+def parse_size(value: object, setting: str) -> int:
+    """An integer, or a size with a binary unit ('512Ki', '8Mi', '1GiB'), as bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"{flow_flag(setting)}: {value!r} is not a number")
+    if isinstance(value, int):
+        return value
+    m = _SIZE.match(str(value))
+    if m is None:
+        raise ValueError(
+            f"{flow_flag(setting)}: {value!r} is not a number (bytes, or with Ki/Mi/Gi, e.g. 8Mi)"
+        )
+    return int(m.group(1)) * _UNITS[m.group(2)[:1].lower()]
 
 
 class ProbeConfig(BaseModel):
@@ -142,7 +234,20 @@ class ProbeConfig(BaseModel):
     flows_listen: str = ""
     """HOST:PORT of the NetFlow v9 / IPFIX collector ('' = no flow collector)."""
     flows_allow: tuple[str, ...] | None = None
-    """Exporter addresses or CIDRs accepted (None: this node's addresses and loopback)."""
+    """Exporters accepted, ADDRESS|CIDR[@DOMAIN] (None: this node's addresses and loopback
+    from any domain). With @DOMAIN only that IPFIX observation domain / v9 source id."""
+    flows_max_streams: int = 64
+    """Streams (exporter, version, observation domain) the collector keeps in all (LRU)."""
+    flows_streams_per_exporter: int = 16
+    """Streams one exporter address may hold; beyond, its least recently used one goes."""
+    flows_templates_per_stream: int = 256
+    """Templates one stream may hold; more are refused (template_limit)."""
+    flows_template_fields: int = FLOWS_MAX_TEMPLATE_FIELDS
+    """Fields per template; longer templates are refused (template_too_many_fields)."""
+    flows_template_bytes_per_exporter: int = 1 << 20
+    """Template memory (estimated) one exporter address may hold."""
+    flows_template_bytes: int = 8 << 20
+    """Template memory (estimated) of all exporters together."""
     zone: str | None = None
     """This node's topology.kubernetes.io/zone, for classifying flows."""
     region: str | None = None
@@ -164,12 +269,38 @@ class ProbeConfig(BaseModel):
                 raise ValueError(f"--flows-listen {v!r}: {exc}; use HOST:PORT") from exc
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flows_env(cls, data: Any) -> Any:
+        """Collector settings not given take KOPECK_FLOWS_* from the environment."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name in FLOW_ENV_SETTINGS:
+            env = os.environ.get(f"KOPECK_{name.upper()}")
+            if name not in out and env is not None:
+                if name == "flows_allow":
+                    out[name] = tuple(x.strip() for x in env.split(",") if x.strip())
+                else:
+                    out[name] = env
+        return out
+
     @field_validator("flows_allow")
     @classmethod
     def _allow(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
         if v is not None:
-            allowed_exporters(v)
+            exporter_allow_list(v)
         return v
+
+    @field_validator(*FLOW_LIMITS, mode="before")
+    @classmethod
+    def _flow_limit(cls, v: object, info: ValidationInfo) -> int:
+        name = str(info.field_name)
+        low, high, what = FLOW_LIMITS[name]
+        n = parse_size(v, name)
+        if not low <= n <= high:
+            raise ValueError(f"{flow_flag(name)}: {v!r} {what} is outside {low}..{high}")
+        return n
 
     @field_validator("pod_cidrs")
     @classmethod
@@ -191,6 +322,23 @@ class ProbeConfig(BaseModel):
         for item in v:
             parse_classed_cidr(item)
         return v
+
+    @model_validator(mode="after")
+    def _flow_limits_agree(self) -> ProbeConfig:
+        if self.flows_streams_per_exporter > self.flows_max_streams:
+            raise ValueError(
+                f"{flow_flag('flows_streams_per_exporter')} {self.flows_streams_per_exporter} "
+                f"is more than {flow_flag('flows_max_streams')} {self.flows_max_streams}: "
+                "lower the first or raise the second"
+            )
+        if self.flows_template_bytes_per_exporter > self.flows_template_bytes:
+            raise ValueError(
+                f"{flow_flag('flows_template_bytes_per_exporter')} "
+                f"{self.flows_template_bytes_per_exporter} is more than "
+                f"{flow_flag('flows_template_bytes')} {self.flows_template_bytes}: "
+                "lower the first or raise the second"
+            )
+        return self
 
     @model_validator(mode="after")
     def _intervals(self) -> ProbeConfig:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from kopeck.api.report import Direction, NetworkUsage, TrafficClass
 from kopeck_probe.attribution import counter_deltas
 from kopeck_probe.config import (
-    allowed_exporters,
+    ProbeConfig,
+    exporter_allow_list,
     parse_classed_cidr,
     parse_listen,
     parse_located_cidr,
@@ -193,20 +194,48 @@ class FlowSource:
         self.collector.stop()
 
 
+def collector_config(
+    listen: str, allow: Sequence[str] | None, settings: ProbeConfig | None = None
+) -> CollectorConfig:
+    """The collector's settings from the probe's: listen HOST:PORT (port 2055 when not
+    given), allow-list entries ADDRESS|CIDR[@DOMAIN] (None: this node and loopback), and
+    the stream, template and byte bounds of ``settings`` (defaults when None)."""
+    host, port = parse_listen(listen)
+    allowed = None if allow is None else exporter_allow_list(tuple(allow))
+    s = settings
+    bounds = (
+        {}
+        if s is None
+        else {
+            "max_streams": s.flows_max_streams,
+            "max_streams_per_exporter": s.flows_streams_per_exporter,
+            "max_templates_per_stream": s.flows_templates_per_stream,
+            "max_fields_per_template": s.flows_template_fields,
+            "max_template_bytes_per_exporter": s.flows_template_bytes_per_exporter,
+            "max_template_bytes": s.flows_template_bytes,
+        }
+    )
+    return CollectorConfig(
+        host=host,
+        port=port,
+        allowed_exporters=None if allowed is None else allowed.any_domain,
+        allowed_domains=None if allowed is None else allowed.domains,
+        **bounds,
+    )
+
+
 def open_flow_source(
     listen: str,
     allow: Sequence[str] | None,
     topology: Topology,
     directory_ips: Callable[[], Mapping[str, str]],
     netns: PodNetns | None,
+    settings: ProbeConfig | None = None,
 ) -> FlowSource:
-    """A started FlowSource on listen (HOST:PORT); allow None = this node and loopback."""
-    host, port = parse_listen(listen)
-    allowed = None if allow is None else allowed_exporters(tuple(allow))
+    """A started FlowSource on listen (HOST:PORT); allow None = this node and loopback;
+    ``settings``: the probe config whose flows_* bounds the collector takes."""
     pods = PodIPMap()
-    collector = FlowCollector(
-        pods, topology, CollectorConfig(host=host, port=port, allowed_exporters=allowed)
-    )
+    collector = FlowCollector(pods, topology, collector_config(listen, allow, settings))
     src = FlowSource(collector, pods, directory_ips, netns)
     src.start()
     return src
