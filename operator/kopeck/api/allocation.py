@@ -246,6 +246,8 @@ class AllocationStatus(StatusModel):
     """Per node/bootId, the report sequence ranges already folded in (e.g. 0-41,43-50):
     a resent report is folded only into records that do not hold it."""
     conditions: list[Condition] | None = None
-    """Idle, Rightsizable, Anomalous."""
+    """Idle, Rightsizable, Anomalous, LedgerComplete (False, reason ReportsDropped, once a
+    node-probe declared reports of a node that fed this record in its period dropped from
+    its full buffer: they never arrive; the message names node, boot and seq ranges)."""
     observed_generation: int | None = None
     """The .metadata.generation this status reflects."""

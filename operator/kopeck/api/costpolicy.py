@@ -461,6 +461,10 @@ class Reservation(StatusModel):
     """The projected spend to the end of the period reserved for it."""
     expires: Timestamp
     """When the reservation lapses if usage never shows up."""
+    changes: dict[str, MoneyString] | None = Field(default=None, max_length=32)
+    """The admitted changes the amount is made of (a digest of the workload's old and new
+    shape and replicas -> its amount): an admission the apiserver runs again for the same
+    change (a retried patch, a retried request) is not reserved twice."""
 
 
 class CostPolicyStatus(StatusModel):
@@ -491,6 +495,9 @@ class CostPolicyStatus(StatusModel):
     silent_nodes: list[str] | None = None
     """Nodes whose probe has not reported for three intervals."""
     conditions: list[Condition] | None = None
-    """Ready, BudgetWarning, BudgetExceeded, AnomalyDetected, ProbesReporting."""
+    """Ready, BudgetWarning, BudgetExceeded, AnomalyDetected, ProbesReporting,
+    LedgerComplete (False, reason ReportsDropped, while a node-probe declared reports of a
+    node this policy's workloads ran on dropped from its full buffer in this period or the
+    previous one: the message names node, boot, seq ranges and period)."""
     observed_generation: int | None = None
     """The .metadata.generation this status reflects."""

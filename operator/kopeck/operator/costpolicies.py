@@ -25,13 +25,15 @@ from kopeck.accounting.budget import (
 )
 from kopeck.accounting.ledger import NODE_KIND
 from kopeck.accounting.matching import NamedPolicy, namespace_in_scope
-from kopeck.accounting.periods import PeriodWindow, period_at
+from kopeck.accounting.periods import PeriodKind, PeriodWindow, period_at
+from kopeck.accounting.seqs import SeqSet
 from kopeck.accounting.summary import micro, money_text
 from kopeck.api.allocation import NAMESPACE_TOTAL_KIND
 from kopeck.api.common import API_VERSION, GROUP, VERSION
 from kopeck.api.costpolicy import CostPolicySpec
 from kopeck.operator import metrics
 from kopeck.operator.conditions import post_event, set_condition
+from kopeck.operator.fold import LEDGER_COMPLETE, REPORTS_DROPPED, dropped_in, dropped_text
 from kopeck.operator.kube import ApiError, resource_path
 from kopeck.operator.state import PolicyEntry, State, period_kind, spawn
 
@@ -82,6 +84,32 @@ def policy_spent(state: State, name: str, window: PeriodWindow) -> Decimal:
          and acc.key.kind not in (NAMESPACE_TOTAL_KIND, NODE_KIND)),
         Decimal(0),
     )
+
+
+def ledger_holes(
+    state: State, name: str, kind: PeriodKind, window: PeriodWindow
+) -> tuple[dict[str, dict[str, SeqSet]], int]:
+    """Period -> node/boot -> dropped seqs, from the LedgerComplete=False conditions of the
+    policy's workload records of this period and the previous one; and how many records.
+
+    The records' conditions are the durable source (checkpointed in their status), so the
+    policy's condition survives a restart and clears once both periods are past."""
+    previous = period_at(kind, window.start - dt.timedelta(microseconds=1))
+    periods = {window.name, previous.name}
+    holes: dict[str, dict[str, SeqSet]] = {}
+    marked = 0
+    for acc in state.accs.values():
+        if (acc.policy != name or acc.period.name not in periods
+                or acc.key.kind in (NAMESPACE_TOTAL_KIND, NODE_KIND)):
+            continue
+        dropped = dropped_in(acc)
+        if not dropped:
+            continue
+        marked += 1
+        into = holes.setdefault(acc.period.name, {})
+        for mark, seqs in dropped.items():
+            into.setdefault(mark, SeqSet(horizon=seqs.horizon)).update(seqs)
+    return holes, marked
 
 
 def silent_nodes(state: State, now_s: float) -> list[str]:
@@ -191,6 +219,18 @@ def compute_status(
         f"silent: {', '.join(silent)}" if silent else "every known node's probe reports",
         now, gen,
     )
+    holes, marked = ledger_holes(state, policy.name, kind, window)
+    if holes:
+        text = "; ".join(f"in {period}: {dropped_text(d)}" for period, d in sorted(holes.items()))
+        message = (f"probe reports dropped from a node-probe's full buffer, never to arrive, "
+                   f"{text}; the bill of this policy's workloads that ran there lacks that "
+                   f"usage ({marked} Allocations marked {LEDGER_COMPLETE}=False)")[:2000]
+        if set_condition(conditions, LEDGER_COMPLETE, False, REPORTS_DROPPED, message, now, gen):
+            events.append((REPORTS_DROPPED, f"CostPolicy {policy.name}: {message}", "Warning"))
+    else:
+        set_condition(conditions, LEDGER_COMPLETE, True, "AllReportsFolded",
+                      "no node-probe declared dropped reports for this policy's workloads in "
+                      "this period or the previous one", now, gen)
     status["conditions"] = conditions
     metrics.SPENT.labels(policy.name, currency).set(float(spent))
     metrics.FORECAST.labels(policy.name, currency).set(float(fc))

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -23,10 +25,11 @@ from kopeck.accounting.cost import (
 from kopeck.accounting.ledger import NODE_KIND, Accumulator, WorkloadKey, namespace_total_key
 from kopeck.accounting.matching import NamedPolicy
 from kopeck.accounting.network import bytes_by_class
-from kopeck.accounting.periods import PeriodWindow, split_interval
+from kopeck.accounting.periods import PeriodWindow, period_at, split_interval
 from kopeck.accounting.prices import NodeFacts, Rates, rates_for_node
 from kopeck.accounting.seqs import SeqSet
-from kopeck.api.report import PodUsage, ProbeReport
+from kopeck.api.report import REPLAY_HORIZON_REPORTS, PodUsage, ProbeReport
+from kopeck.operator.conditions import set_condition
 from kopeck.operator.state import AccKey, PodInfo, State, period_kind
 from kopeck.operator.workloads import Workload
 
@@ -56,6 +59,8 @@ class FoldResult:
     node_rates: Rates | None = None
     """The rates that priced the node's interval (for OpenCost's node price metrics)."""
     node_facts: NodeFacts | None = None
+    dropped: list[DropPlan] = field(default_factory=list)
+    """The holes the report's gaps declared (reports its probe dropped, never to arrive)."""
 
 
 def node_facts(state: State, report: ProbeReport) -> NodeFacts:
@@ -275,4 +280,217 @@ def fold_report(state: State, report: ProbeReport, now: dt.datetime) -> FoldResu
     global_seen.add(report.seq)
     result.touched = touched
     result.duplicate = held > 0 and not touched  # resent after a restart: all records hold it
+    if report.gaps:
+        result.dropped, marked = fold_gaps(state, report, [e[3] for e in entries], now)
+        result.touched = touched | marked
     return result
+
+
+# ---- reports a probe dropped on purpose (ProbeReport.gaps) -----------------------------
+
+LEDGER_COMPLETE = "LedgerComplete"
+"""Condition type on Allocations (and CostPolicies): False once a probe declared reports of
+a node that fed the record dropped from its buffer — those reports will never arrive."""
+REPORTS_DROPPED = "ReportsDropped"
+_DROPPED_ENTRY = re.compile(r"node (\S+) boot (\S+) seq ([0-9][0-9,\-]*) \(")
+
+
+@dataclass
+class DropPlan:
+    """What one declared Gap means for the ledger (computed from the records alone)."""
+
+    node: str
+    boot_id: str
+    missing: SeqSet
+    """The dropped seqs the operator holds in no record: the hole in the ledger."""
+    after: dt.datetime | None
+    """The hole starts after this (the latest period start among the records holding the
+    newest report before it); None when no report before it is known."""
+    before: dt.datetime
+    """The hole ends before this (the carrying report's start, or the earliest period end
+    among the records holding the oldest report after it)."""
+    records: list[AccKey] = field(default_factory=list)
+    """Records fed by the node's reports of that boot in a period the hole overlaps."""
+
+
+def _below(seqs: SeqSet, seq: int) -> int | None:
+    """The highest seq held below `seq` (a settled floor counts as held)."""
+    best = min(seqs.floor, seq - 1) if seqs.floor >= 0 else None
+    for lo, hi in seqs.ranges:
+        if lo < seq:
+            cand = min(hi, seq - 1)
+            best = cand if best is None else max(best, cand)
+    return best
+
+
+def _above(seqs: SeqSet, seq: int) -> int | None:
+    """The lowest seq held above `seq`."""
+    if seqs.floor > seq:
+        return seq + 1
+    for lo, hi in seqs.ranges:
+        if hi > seq:
+            return max(lo, seq + 1)
+    return None
+
+
+def missing_seqs(held: SeqSet, lo: int, hi: int) -> SeqSet:
+    """The seqs of [lo, hi] that `held` lacks, exactly."""
+    out = SeqSet(horizon=REPLAY_HORIZON_REPORTS * 1000)
+    start = lo
+    if held.floor >= start:
+        start = held.floor + 1
+    for a, b in held.ranges:
+        if b < start:
+            continue
+        if a > hi:
+            break
+        if a > start:
+            out.add_range(start, min(a - 1, hi))
+        start = max(start, b + 1)
+    if start <= hi:
+        out.add_range(start, hi)
+    return out
+
+
+def count_seqs(seqs: SeqSet) -> int:
+    """How many seqs a set of ranges (no floor) names."""
+    return sum(b - a + 1 for a, b in seqs.ranges)
+
+
+def plan_dropped(
+    accs: Mapping[AccKey, Accumulator], node: str, boot_id: str, lo: int, hi: int,
+    carrying_start: dt.datetime, seen: SeqSet | None = None,
+) -> DropPlan:
+    """Where a declared gap lies in time and which records it touches.
+
+    Only what the records prove is used: the dropped reports are gone, so their times and
+    pods are unknown. The hole lies between the newest report before it and the oldest
+    after it that some record holds (bounded by the periods of those records, and by the
+    carrying report, which the probe built after dropping them); a record is affected
+    when the same node and boot fed it in a period overlapping that span."""
+    mark = f"{node}/{boot_id}"
+    fed = [(akey, acc, acc.folded[mark]) for akey, acc in accs.items() if mark in acc.folded]
+    held = SeqSet(horizon=REPLAY_HORIZON_REPORTS * 1000)
+    if seen is not None:
+        held.update(seen)
+    for _, _, seqs in fed:
+        held.update(seqs)
+    missing = missing_seqs(held, lo, hi)
+    belows = [b for _, _, s in fed if (b := _below(s, lo)) is not None]
+    aboves = [a for _, _, s in fed if (a := _above(s, hi)) is not None]
+    after = before = None
+    if belows:
+        edge = max(belows)
+        after = max(acc.period.start for _, acc, s in fed if edge in s)
+    bounds = [carrying_start]
+    if aboves:
+        edge = min(aboves)
+        bounds += [acc.period.end for _, acc, s in fed if edge in s]
+    before = min(bounds)
+    if after is not None and after > before:
+        after = before
+    plan = DropPlan(node, boot_id, missing, after, before)
+    if not missing.ranges:
+        return plan
+    for akey, acc, _ in fed:
+        if acc.period.start < before and (after is None or acc.period.end > after):
+            plan.records.append(akey)
+    return plan
+
+
+def parse_dropped(message: str) -> dict[str, SeqSet]:
+    """The node/boot -> seqs a LedgerComplete message names (status is not trusted input:
+    unreadable parts are skipped)."""
+    out: dict[str, SeqSet] = {}
+    for node, boot, ranges in _DROPPED_ENTRY.findall(message):
+        seqs = SeqSet.decode(ranges, horizon=REPLAY_HORIZON_REPORTS * 1000)
+        out.setdefault(f"{node}/{boot}", SeqSet(horizon=REPLAY_HORIZON_REPORTS * 1000)).update(
+            seqs)
+    return out
+
+
+def dropped_text(dropped: Mapping[str, SeqSet]) -> str:
+    """'node n1 boot b seq 100-140 (41 reports)' per node/boot, in the order parse reads."""
+    parts = []
+    for mark, seqs in sorted(dropped.items()):
+        node, _, boot = mark.partition("/")
+        parts.append(f"node {node} boot {boot} seq {seqs.encode()} ({count_seqs(seqs)} reports)")
+    return "; ".join(parts)
+
+
+def dropped_in(acc: Accumulator) -> dict[str, SeqSet]:
+    """The dropped reports a record's LedgerComplete condition declares (empty if none)."""
+    for cond in acc.extra.get("conditions") or []:
+        if isinstance(cond, dict) and cond.get("type") == LEDGER_COMPLETE and (
+            cond.get("status") == "False"
+        ):
+            return parse_dropped(str(cond.get("message", "")))
+    return {}
+
+
+def mark_dropped(acc: Accumulator, node: str, boot_id: str, missing: SeqSet,
+                 at: dt.datetime) -> bool:
+    """Set LedgerComplete=False on a record, naming every hole declared for it so far;
+    True when the condition changed."""
+    dropped = dropped_in(acc)
+    mark = f"{node}/{boot_id}"
+    mine = dropped.setdefault(mark, SeqSet(horizon=REPLAY_HORIZON_REPORTS * 1000))
+    before = mine.encode()
+    mine.update(missing)
+    conds = acc.extra.setdefault("conditions", [])
+    present = any(c.get("type") == LEDGER_COMPLETE for c in conds)
+    if present and mine.encode() == before:
+        return False
+    message = (
+        f"probe reports dropped from the node-probe's full buffer, never to arrive: "
+        f"{dropped_text(dropped)}; this record is fed by that node in {acc.record}, so its "
+        "usage and cost may lack what those reports held"
+    )
+    set_condition(conds, LEDGER_COMPLETE, False, REPORTS_DROPPED, message, at)
+    return True
+
+
+def fold_gaps(state: State, report: ProbeReport, policies: list[NamedPolicy | None],
+              now: dt.datetime) -> tuple[list[DropPlan], set[AccKey]]:
+    """Apply a report's declared gaps: settle the dropped seqs in the node's seen-set (they
+    can no longer count as open gaps), and mark the records they touch and the node's own
+    record with LedgerComplete=False. Records' `folded` marks are left alone: they count
+    the reports folded in (explain-bill), and a final record's never change."""
+    plans: list[DropPlan] = []
+    changed: set[AccKey] = set()
+    for gap in report.gaps:
+        lo, hi = sorted((gap.from_seq, gap.to_seq))
+        lo = max(lo, 0)
+        if hi < 0:
+            continue
+        boot = gap.boot_id or report.boot_id
+        seen = state.seen.setdefault(f"{report.node}/{boot}", SeqSet())
+        plan = plan_dropped(state.accs, report.node, boot, lo, hi, report.interval_start, seen)
+        seen.add_range(lo, hi)
+        if not plan.missing.ranges:
+            continue
+        plans.append(plan)
+        targets = list(plan.records)
+        node_key = WorkloadKey(state.settings.namespace, NODE_KIND, report.node, "v1")
+        nodes = [k for k in state.accs if k[0] == node_key and _overlaps(
+            state.accs[k].period, plan.after, plan.before)]
+        if not nodes:
+            node_pol = _node_policy(state, [
+                *policies,
+                *(state.policies[n].named for k in plan.records
+                  if (n := state.accs[k].policy) in state.policies),
+            ])
+            last = plan.before - dt.timedelta(microseconds=1)
+            acc = state.accumulator(node_key, period_at(period_kind(node_pol), last), node_pol)
+            nodes = [(node_key, acc.record)]
+        targets += [k for k in nodes if k not in targets]
+        for akey in targets:
+            if mark_dropped(state.accs[akey], report.node, boot, plan.missing, now):
+                changed.add(akey)
+        plan.records = targets
+    state.dirty |= changed
+    return plans, changed
+
+
+def _overlaps(window: PeriodWindow, after: dt.datetime | None, before: dt.datetime) -> bool:
+    return window.start < before and (after is None or window.end > after)

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from kopeck.accounting.ledger import allocation_name
+from kopeck.accounting.ledger import NODE_KIND, allocation_name
 from kopeck.accounting.periods import period_at
 from kopeck.api.common import API_VERSION
 from kopeck.api.report import ProbeReport, ReportAck
@@ -28,7 +28,14 @@ from kopeck.operator import metrics
 from kopeck.operator.allocations import Checkpointer, FlushError
 from kopeck.operator.anomalies import Hit
 from kopeck.operator.conditions import post_event, set_condition
-from kopeck.operator.fold import fold_report, resolve_pod
+from kopeck.operator.fold import (
+    LEDGER_COMPLETE,
+    REPORTS_DROPPED,
+    DropPlan,
+    count_seqs,
+    fold_report,
+    resolve_pod,
+)
 from kopeck.operator.kube import ApiError
 from kopeck.operator.pods import fetch_pod
 from kopeck.operator.probe_auth import ProbeAuthenticator, Refusal
@@ -163,6 +170,8 @@ class Ingest:
             hits = self._anomalies(result, report.interval_end)
             if hits and self.on_hits is not None:
                 await self.on_hits(hits)
+            self._dropped(result.dropped, now)
+            self._thresholds(report, now)
         if generation is not None:
             try:
                 await self.checkpointer.wait_durable(generation, needs, ACK_WAIT_SECONDS)
@@ -180,6 +189,48 @@ class Ingest:
         if missing:
             await asyncio.gather(*(fetch_pod(self.state, p.namespace or "", p.name or "")
                                    for p in missing[:200]))
+
+    def _dropped(self, plans: list[DropPlan], now: dt.datetime) -> None:
+        """Count the reports a probe declared dropped and say so on the node's record."""
+        for plan in plans:
+            lost = count_seqs(plan.missing)
+            metrics.DROPPED_REPORTS.labels(plan.node).inc(lost)
+            span = (f"between {_when(plan.after)} and {_when(plan.before)}"
+                    if plan.after is not None else f"before {_when(plan.before)}")
+            log.warning("node %s boot %s: %d reports (seq %s) dropped by its probe's buffer",
+                        plan.node, plan.boot_id, lost, plan.missing.encode())
+            for wk, record in plan.records:
+                if wk.kind != NODE_KIND:
+                    continue
+                involved = {"apiVersion": API_VERSION, "kind": "Allocation",
+                            "name": allocation_name(wk, record), "namespace": wk.namespace}
+                spawn(post_event(
+                    self.state.kube, involved, REPORTS_DROPPED,
+                    f"node {plan.node} boot {plan.boot_id}: reports seq {plan.missing.encode()} "
+                    f"({lost}) were dropped from the node-probe's full buffer and will never "
+                    f"arrive; the hole lies {span}; {len(plan.records)} Allocations are marked "
+                    f"{LEDGER_COMPLETE}=False (check the probe's buffer size and why it could "
+                    "not reach the operator)", type_="Warning", now=now))
+
+    def _thresholds(self, report: ProbeReport, now: dt.datetime) -> None:
+        """A probe's threshold crossings become Events on the pod's workload (counted)."""
+        for event in report.events:
+            metrics.THRESHOLD_EVENTS.labels(event.kind).inc()
+            info = self.state.pods.get(event.pod_uid)
+            if info is None:
+                log.info("threshold event %s for unknown pod %s on node %s", event.kind,
+                         event.pod_uid, report.node)
+                continue
+            wk = info.workload.key
+            involved = {"apiVersion": wk.api_version or "v1", "kind": wk.kind, "name": wk.name,
+                        "namespace": wk.namespace}
+            what = _THRESHOLD_TEXT[event.kind].format(value=event.value,
+                                                      threshold=event.threshold)
+            spawn(post_event(
+                self.state.kube, involved, f"Pod{event.kind}",
+                f"pod {info.namespace}/{info.name} on node {report.node}: {what} "
+                "(node-probe threshold event)",
+                type_="Normal" if event.kind == "Idle" else "Warning", now=now))
 
     def _rates(self, spend_by_policy: dict[str, Decimal], end: dt.datetime) -> None:
         """Each policy's spend per second over the last minutes, summed over all nodes."""
@@ -259,6 +310,17 @@ async def announce(state: State, hits: list[Hit], kick: Callable[[], None]) -> N
             state.kube, involved, "SpendAnomaly", hit.anomaly.message, type_="Warning"
         ))
     kick()
+
+
+_THRESHOLD_TEXT = {
+    "CpuHigh": "CPU at {value:.0%} of its limit (threshold {threshold:.0%})",
+    "MemoryHigh": "working set at {value:.0%} of its memory limit (threshold {threshold:.0%})",
+    "Idle": "CPU and memory at {value:.0%} of its requests (below {threshold:.0%})",
+}
+
+
+def _when(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _short(exc: Exception) -> str:

@@ -72,6 +72,17 @@ FORECAST = Gauge("kopeck_policy_forecast", "Forecast spend at period end",
 BUDGET = Gauge("kopeck_policy_budget", "Budget amount", ["policy", "currency"],
                registry=REGISTRY)
 ACTIVE = Gauge("kopeck_operator_active", "1 when this replica leads", registry=REGISTRY)
+DROPPED_REPORTS = Counter(
+    "kopeck_ledger_dropped_reports",
+    "Reports a node-probe declared dropped from its full buffer (they never arrive; settled, "
+    "not counted in kopeck_ledger_seq_gaps) that no record holds",
+    ["node"], registry=REGISTRY,
+)
+THRESHOLD_EVENTS = Counter(
+    "kopeck_threshold_events",
+    "Threshold crossings reported by node-probes (each also an Event on the pod's workload)",
+    ["kind"], registry=REGISTRY,
+)
 TLS_HANDSHAKES = Gauge(
     "kopeck_webhook_tls_handshakes", "TLS handshakes the webhook server accepted (by kind)",
     ["kind"], registry=REGISTRY,
