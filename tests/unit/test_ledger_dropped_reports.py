@@ -208,3 +208,18 @@ def test_plan_bounds_the_hole_by_the_records_around_it() -> None:
     partly = plan_dropped(accs, "n1", "b", 38, 45, carrying)  # 38-40 are folded
     assert partly.missing.encode() == "41-45"
     assert plan_dropped(accs, "n1", "b", 22, 30, carrying).records == []  # nothing missing
+
+
+def test_gap_naming_unsent_seqs_is_ignored_not_settled() -> None:
+    """A gap of the carrying report's own boot can only name older seqs: settling later
+    ones would turn the reports still to come into duplicates, acked and never folded."""
+    async def scenario(client: Client, state: State, kube: FakeKube) -> None:
+        assert (await post(client, body(1), "good"))[0] == 200
+        bogus = {**body(2), "gaps": [{"fromSeq": 5, "toSeq": 1_000_000}]}
+        assert (await post(client, bogus, "good"))[0] == 200
+        assert 5 not in state.seen["n1/b"]
+        assert await post(client, body(5), "good") == (200, {"accepted": True,
+                                                             "duplicate": False})
+        assert "LedgerComplete" not in conditions(stored(kube, DEPLOY))
+
+    run(scenario)

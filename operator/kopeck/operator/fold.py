@@ -464,6 +464,13 @@ def fold_gaps(state: State, report: ProbeReport, policies: list[NamedPolicy | No
         if hi < 0:
             continue
         boot = gap.boot_id or report.boot_id
+        if boot == report.boot_id and hi >= report.seq:
+            # the probe drops only reports older than the one carrying the gap: settling
+            # seqs not yet sent would make them duplicates, acked and never folded
+            log.warning("node %s boot %s: report %d declares seq %d-%d dropped, which it "
+                        "cannot have sent yet; gap ignored", report.node, boot, report.seq,
+                        lo, hi)
+            continue
         seen = state.seen.setdefault(f"{report.node}/{boot}", SeqSet())
         plan = plan_dropped(state.accs, report.node, boot, lo, hi, report.interval_start, seen)
         seen.add_range(lo, hi)
