@@ -1,4 +1,5 @@
-"""Folding one probe report into the accumulators: attribution, pricing, idle, de-dup.
+"""Folding one probe report into the accumulators: attribution, pricing, idle, de-dup, and
+the gaps it declares (reports its probe dropped, marked LedgerComplete=False where they hit).
 
 No I/O: the caller first makes sure every pod in the report is known (ingest.py), then
 calls `fold_report`, which runs without awaiting and so is atomic within the event loop.
