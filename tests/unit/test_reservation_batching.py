@@ -131,3 +131,27 @@ def test_a_burst_of_denials_on_our_last_write_reads_again_before_it_stands() -> 
     decided = asyncio.run(scenario())
     assert [not p.over_budget for p in decided] == [True] * 4 + [False] * 2
     assert Decimal(kube.status["reserved"]) == Decimal(10)
+
+
+def test_the_same_change_admitted_again_is_reserved_once() -> None:
+    """The apiserver runs admission again for one change (a patch retried after a conflict,
+    a client's retry): decided as the first time, not reserved twice; another change of the
+    same workload adds up."""
+    kube = FakeKube()
+    state, policy = setup(kube)
+
+    async def scenario() -> list[Projection]:
+        key = "shop/Deployment/web"
+        first = await reserve(state, policy, key, one_dollar_each, NOW, change="3->5")
+        again = await reserve(state, policy, key, one_dollar_each, NOW, change="3->5")
+        other = await reserve(state, policy, key, one_dollar_each, NOW, change="5->7")
+        return [first, again, other]
+
+    first, again, other = asyncio.run(scenario())
+    (entry,) = kube.status["reservations"]
+    assert Decimal(entry["amount"]) == Decimal(2)
+    assert {k: Decimal(v) for k, v in entry["changes"].items()} == {
+        "3->5": Decimal(1), "5->7": Decimal(1)}
+    assert not again.over_budget and again.reserved == first.reserved == Decimal(0)
+    assert other.reserved == Decimal(1)
+    assert kube.writes == 2

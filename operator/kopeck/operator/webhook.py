@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import re
@@ -43,6 +44,7 @@ from kopeck.api.common import API_VERSION, LabelSelector
 from kopeck.api.costpolicy import (
     POLICY_NAME_MAX,
     CostPolicySpec,
+    Reservation,
     label_key_problem,
     label_value_problem,
 )
@@ -153,6 +155,13 @@ def deny_message(
     )
 
 
+def change_digest(old: Any, old_replicas: int, new: Any, new_replicas: int) -> str:
+    """What an admitted change is, as a short digest of the workload's old and new shape and
+    replicas: the same change admitted twice (a retried patch) is reserved once."""
+    text = f"{old!r}|{old_replicas}|{new!r}|{new_replicas}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _reserved_total(status: Mapping[str, Any], now: dt.datetime) -> tuple[Decimal, list[dict[str, Any]]]:
     live = []
     total = Decimal(0)
@@ -176,8 +185,12 @@ class _Ask:
     project: Any
     now: dt.datetime
     done: asyncio.Future[Projection]
+    change: str = ""
+    """Digest of the change admitted ('' when it has none): the same change twice is one."""
 
 
+MAX_CHANGES = 32
+"""Changes remembered per reservation (the CRD's bound)."""
 _asks: dict[str, list[_Ask]] = {}
 _written: dict[str, Mapping[str, Any]] = {}
 """Policy name -> the object our last reservation write returned: the next burst decides on
@@ -185,7 +198,8 @@ it without a read; its resourceVersion precondition fails (and we read) if anyon
 
 
 async def reserve(
-    state: State, policy: NamedPolicy, key: str, project: Any, now: dt.datetime
+    state: State, policy: NamedPolicy, key: str, project: Any, now: dt.datetime,
+    change: str = "",
 ) -> Projection:
     """Project against the freshest policy status and reserve, retrying on conflicts.
 
@@ -200,7 +214,7 @@ async def reserve(
     """
     lock = _locks.setdefault(policy.name, asyncio.Lock())
     waiting = _asks.setdefault(policy.name, [])
-    ask = _Ask(key, project, now, asyncio.get_running_loop().create_future())
+    ask = _Ask(key, project, now, asyncio.get_running_loop().create_future(), change)
     waiting.append(ask)
     try:
         async with lock:
@@ -234,18 +248,28 @@ async def _reserve_together(state: State, policy: NamedPolicy, batch: list[_Ask]
         written = 0
         for ask in batch:
             reserved, live = _reserved_total({"reservations": live}, ask.now)
+            mine = next((r for r in live if r.get("key") == ask.key), None)
+            changes: dict[str, str] = dict((mine or {}).get("changes") or {})
+            if ask.change and ask.change in changes:
+                # the same change admitted again: decided as the first time, not added
+                decided.append((ask, ask.project(reserved - Decimal(changes[ask.change]))))
+                continue
             p: Projection = ask.project(reserved)
             decided.append((ask, p))
             if p.over_budget or p.added_to_period_end <= 0:
                 continue
-            amount = p.added_to_period_end
-            for r in live:
-                if r.get("key") == ask.key:
-                    amount += Decimal(str(r["amount"]))
+            added = p.added_to_period_end.quantize(Decimal("0.000001"))
+            amount = added + (Decimal(str(mine["amount"])) if mine else Decimal(0))
+            if ask.change:
+                changes[ask.change] = str(added)
+                while len(changes) > MAX_CHANGES:  # the oldest go; their money stays
+                    changes.pop(next(iter(changes)))
             live = [r for r in live if r.get("key") != ask.key]
-            expires = ask.now + dt.timedelta(seconds=state.settings.reservation_ttl)
-            live.append({"key": ask.key, "amount": str(amount.quantize(Decimal("0.000001"))),
-                         "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ")})
+            expires = (ask.now + dt.timedelta(seconds=state.settings.reservation_ttl)
+                       ).replace(microsecond=0)
+            entry = Reservation(key=ask.key, amount=amount, expires=expires,
+                                changes={k: Decimal(v) for k, v in changes.items()} or None)
+            live.append(entry.model_dump(mode="json", by_alias=True, exclude_none=True))
             written += 1
         if not written and cached is not None:
             cached = None  # nothing to write proves nothing: decide again on a fresh read
@@ -403,7 +427,8 @@ async def judge(
         return
     enforcement = budget.enforcement
     if enforcement == "Deny" and not dryrun and not p.over_budget:
-        p = await reserve(state, policy, workload.ref, project, now)
+        p = await reserve(state, policy, workload.ref, project, now,
+                          change=change_digest(old_shape, old_replicas, shape, new_replicas))
     if not p.over_budget:
         metrics.ADMISSIONS.labels("allowed").inc()
         return
