@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+import pytest
+
 from kopeck_probe.flows import craft as c
 from kopeck_probe.flows.classify import Location, NodePlacement, Topology, parse_cidrs
 from kopeck_probe.flows.collector import CollectorConfig, FlowCollector
@@ -83,6 +85,29 @@ def test_template_field_count_is_capped() -> None:
     assert all(not s.templates for s in d.streams.values())
     assert d.drops["template_too_many_fields"] == 1
     assert compile_layout.cache_info().currsize == before
+
+
+def test_oversized_template_is_refused_unread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No per-field work for a template past the bound; v9 skips to the next template."""
+    from kopeck_probe.flows import decoder as decoder_module
+
+    made: list[int] = []
+    real = decoder_module.FieldSpec
+
+    def counting(*args: int) -> object:
+        made.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(decoder_module, "FieldSpec", counting)
+    huge = [(1000 + i, 1) for i in range(16000)]
+    d = Decoder()
+    d.feed(c.ipfix([c.set_(2, c.template_record(400, huge, ipfix=True))], seq=0), EXP)
+    small = c.template_record(257, [(8, 4), (12, 4), (1, 4)], ipfix=False)
+    v9_set = c.set_(0, c.template_record(401, huge[:300], ipfix=False) + small)
+    d.feed(c.v9([v9_set, c.set_(257, struct.pack("!III", 1, 2, 77))], seq=0), EXP)
+    assert d.drops == {"template_too_many_fields": 2}
+    assert len(made) == 3  # only the small template's fields were parsed
+    assert d.flush().bytes.tolist() == [77]
 
 
 def _many_templates(base: int, count: int, n_fields: int) -> bytes:

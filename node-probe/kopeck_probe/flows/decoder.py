@@ -419,6 +419,10 @@ class Decoder:
             if count == 0 or end - p < 4 * count:
                 self._drop("bad_template")
                 return
+            if count > self.max_fields:  # refused unread: no per-field work for a flood
+                self._drop("template_too_many_fields")
+                p += 4 * count
+                continue
             fields = self._fields_v9(data, p, count)
             p += 4 * count
             if tid < 256:
@@ -437,6 +441,10 @@ class Decoder:
             if count == 0:
                 self._drop("bad_template")
                 return
+            if count > self.max_fields:
+                self._drop("template_too_many_fields")
+                p += 4 * count
+                continue
             fields = self._fields_v9(data, p, count)
             p += 4 * count
             if tid < 256:
@@ -466,6 +474,11 @@ class Decoder:
                 if not 1 <= scope <= count:
                     self._drop("bad_template")
                     return
+            if count > self.max_fields:
+                # refused unread (its length depends on every field's E bit): the rest of
+                # the set goes with it, but no per-field work is spent on a flood
+                self._drop("template_too_many_fields")
+                return
             fields: list[FieldSpec] = []
             for _ in range(count):
                 if end - p < 4:
