@@ -361,3 +361,19 @@ def test_fuzzed_datagrams_never_raise() -> None:
     assert all(len(s.templates) <= 8 for s in d.streams.values())
     assert d.feed(c.ipfix([TPL, typical_set(5)], seq=0, domain=77), "10.0.0.1") in (True, False)
     assert isinstance(d.flush().bytes, np.ndarray)
+
+
+def test_dual_stack_template_takes_the_family_each_record_fills() -> None:
+    fields: list[c.Field] = [(8, 4), (12, 4), (27, 16), (28, 16), (1, 8), (2, 8)]
+    tpl = c.set_(2, c.template_record(256, fields, ipfix=True))
+    v6a = bytes.fromhex("fd000005000000000000000000000001")
+    v6b = bytes.fromhex("fd000005000000000000000000000002")
+    r4 = struct.pack("!II", 0x0A050101, 0x0A050102) + b"\0" * 32 + struct.pack("!QQ", 100, 1)
+    r6 = b"\0" * 8 + v6a + v6b + struct.pack("!QQ", 200, 2)
+    d = Decoder()
+    assert d.feed(c.ipfix([tpl, c.set_(256, r4 + r6)], seq=0), EXP)
+    b = d.flush()
+    assert list(zip(addrs(b), b.bytes.tolist(), strict=True)) == [
+        (("10.5.1.1", "10.5.1.2"), 100),
+        (("fd00:5::1", "fd00:5::2"), 200),  # was 0.0.0.0 -> 0.0.0.0 (v4 field always won)
+    ]

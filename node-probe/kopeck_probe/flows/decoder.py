@@ -164,7 +164,17 @@ _ADDRESS_NAMES = frozenset({"src4", "dst4", "src6", "dst6"})
 def _address(
     cols: dict[str, U64Array], names: frozenset[str], side: str, total: int
 ) -> tuple[U64Array, U64Array]:
-    """One side's addresses as IPv6 words; all-zero ("::", ABSENT) when the template has none."""
+    """One side's addresses as IPv6 words; all-zero ("::", ABSENT) when the template has none.
+
+    A dual-stack template (both an IPv4 and an IPv6 field for the side) fills one family
+    per record: the IPv6 address is taken where the IPv4 one is 0.0.0.0 and it is not ::
+    (nfdump 1.7 reads only the IPv6 field of such templates and loses IPv4 records' side).
+    """
+    if f"{side}4" in names and f"{side}6" in names:
+        v4 = cols[f"{side}4"]
+        hi6, lo6 = cols[f"{side}6_hi"], cols[f"{side}6_lo"]
+        use6 = (v4 == 0) & ((hi6 | lo6) != 0)
+        return np.where(use6, hi6, np.uint64(0)), np.where(use6, lo6, v4 | V4_MAPPED)
     if f"{side}4" in names:
         return np.zeros(total, dtype=np.uint64), cols[f"{side}4"] | V4_MAPPED
     if f"{side}6" in names:
