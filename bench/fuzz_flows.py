@@ -103,7 +103,8 @@ def random_shape(rng: random.Random, tid: int, *, ipfix: bool) -> Shape:
     fields: list[Field] = [(27, 16) if v6 else (8, 4), (28, 16) if rng.random() < 0.3 else (12, 4)]
     roles: list[str | None] = ["src6" if v6 else "src4", "dst6" if fields[1][0] == 28 else "dst4"]
     for role, ie in (("bytes", 1), ("packets", 2)):
-        fields.append((ie, rng.choice((8, 8, 4, 4, 2, 3, 5, 6, 7, 1))))
+        widths = (8, 8, 4, 4, 2, 3, 5, 6, 7, 1, VARLEN) if ipfix else (8, 8, 4, 4, 2, 3, 5, 6, 7, 1)
+        fields.append((ie, rng.choice(widths)))
         roles.append(role)
     for _ in range(rng.randrange(0, 10)):
         r = rng.random()

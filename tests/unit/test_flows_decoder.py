@@ -377,3 +377,16 @@ def test_dual_stack_template_takes_the_family_each_record_fills() -> None:
         (("10.5.1.1", "10.5.1.2"), 100),
         (("fd00:5::1", "fd00:5::2"), 200),  # was 0.0.0.0 -> 0.0.0.0 (v4 field always won)
     ]
+
+
+def test_counter_sent_variable_length_is_read_not_zero() -> None:
+    fields: list[c.Field] = [(8, 4), (12, 4), (1, 0xFFFF), (2, 8)]
+    tpl = c.set_(2, c.template_record(256, fields, ipfix=True))
+    ok = struct.pack("!II", 1, 2) + c.varlen((1234).to_bytes(2, "big")) + struct.pack("!Q", 3)
+    long = struct.pack("!II", 1, 2) + c.varlen(b"\1" * 9) + struct.pack("!Q", 3)
+    d = Decoder()
+    assert d.feed(c.ipfix([tpl, c.set_(256, ok)], seq=0), EXP)
+    assert d.feed(c.ipfix([c.set_(256, long)], seq=1), EXP)
+    b = d.flush()
+    assert (b.bytes.tolist(), b.packets.tolist()) == ([1234], [3])  # was 0 bytes, silently
+    assert d.drops == {"bad_record": 1}

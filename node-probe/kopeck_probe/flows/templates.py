@@ -125,8 +125,10 @@ def _wanted(spec: FieldSpec) -> str | None:
     want = _ADDRESS_LENGTHS.get(name)
     if want is not None and spec.length != want:
         return None  # an address of the wrong size is not an address we can read
-    if want is None and not 1 <= spec.length <= 8:
+    if want is None and not (1 <= spec.length <= 8 or spec.length == VARLEN):
         return None  # unsigned integers: reduced-size encoding allows 1..8 octets
+    # (a counter sent variable-length is read when its value has at most 8 octets, as
+    # reverse counters are; longer is a bad record — never a silent 0)
     return name
 
 
