@@ -524,9 +524,13 @@ def run(
     cases: int | None = None,
     seconds: float | None = None,
     crash_dir: Path | None = None,
+    progress: Callable[[Report, Decoder], None] | None = None,
+    progress_every_s: float = 60.0,
 ) -> tuple[Report, Decoder]:
-    """Fuzz one decoder for ``cases`` cases or ``seconds`` seconds."""
+    """Fuzz one decoder for ``cases`` cases or ``seconds`` seconds (``progress`` is called
+    every ``progress_every_s`` with the figures so far)."""
     rng = random.Random(seed)
+    next_progress = time.monotonic() + progress_every_s
     d = Decoder(**BOUNDS)
     rep = Report()
     deadline = None if seconds is None else time.monotonic() + seconds
@@ -552,6 +556,9 @@ def run(
     ):
         case = rep.cases
         rep.cases += 1
+        if progress is not None and case % 256 == 0 and time.monotonic() >= next_progress:
+            progress(rep, d)
+            next_progress = time.monotonic() + progress_every_s
         if rng.random() < REFRESH:
             hostile_pool[rng.randrange(POOL)] = hostile_seed(rng, rep.stats)
             e = Expected()
@@ -617,29 +624,39 @@ def main() -> int:
     rss0 = peak_rss_mib()
     t0 = time.monotonic()
     cpu0 = time.process_time()
-    rep, d = run(args.seed, cases=args.cases, seconds=seconds, crash_dir=args.crash_dir)
-    wall = time.monotonic() - t0
-    result = {
-        "cases": rep.cases,
-        "seconds": round(wall, 1),
-        "cpu_seconds": round(time.process_time() - cpu0, 1),
-        "cases_per_s": round(rep.cases / wall, 1),
-        "exceptions": rep.exceptions,
-        "budget_violations": rep.budget_violations,
-        "oracle_violations": rep.oracle_violations,
-        "clean_records_checked": rep.clean_records,
-        "max_state_bytes": rep.max_state_bytes,
-        "seed": args.seed,
-        "inputs": rep.datagrams,
-        "crashes": rep.exceptions,
-        "slowest_ms": round(rep.slowest_ms, 2),
-        "peak_rss_mib": round(peak_rss_mib(), 1),
-        "peak_rss_mib_before_run": round(rss0, 1),
-        "bounds": BOUNDS,
-        "drops": dict(sorted(d.drops.items())),
-        "generated": dict(sorted(rep.stats.items())),
-        "failures": rep.failures,
-    }
+
+    def figures(rep: Report, d: Decoder, complete: bool) -> dict[str, Any]:
+        wall = time.monotonic() - t0
+        return {
+            "complete": complete,
+            "cases": rep.cases,
+            "seconds": round(wall, 1),
+            "cpu_seconds": round(time.process_time() - cpu0, 1),
+            "cases_per_s": round(rep.cases / wall, 1),
+            "exceptions": rep.exceptions,
+            "budget_violations": rep.budget_violations,
+            "oracle_violations": rep.oracle_violations,
+            "clean_records_checked": rep.clean_records,
+            "max_state_bytes": rep.max_state_bytes,
+            "seed": args.seed,
+            "inputs": rep.datagrams,
+            "crashes": rep.exceptions,
+            "slowest_ms": round(rep.slowest_ms, 2),
+            "peak_rss_mib": round(peak_rss_mib(), 1),
+            "peak_rss_mib_before_run": round(rss0, 1),
+            "bounds": BOUNDS,
+            "drops": dict(sorted(d.drops.items())),
+            "generated": dict(sorted(rep.stats.items())),
+            "failures": rep.failures,
+        }
+
+    def checkpoint(rep: Report, d: Decoder) -> None:
+        args.out.write_text(json.dumps(figures(rep, d, False), indent=2) + "\n")
+
+    rep, d = run(
+        args.seed, cases=args.cases, seconds=seconds, crash_dir=args.crash_dir, progress=checkpoint
+    )
+    result = figures(rep, d, True)
     print(json.dumps(result, indent=2))
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0 if not (rep.exceptions or rep.budget_violations or rep.oracle_violations) else 1
