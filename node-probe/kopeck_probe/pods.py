@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from kopeck.api.report import PodOwner, PodRequests
 from kopeck_probe.attribution import PodResources
 from kopeck_probe.report import PodLabels
 
@@ -58,10 +59,18 @@ class PodMeta:
     """Runtime container id (without the 'containerd://' scheme) -> container name."""
     resources: PodResources
     phase: str = ""
+    owner: PodOwner | None = None
+    template_hash: str | None = None
 
     def labels(self) -> PodLabels:
         """The report's view of this pod."""
-        return PodLabels(self.namespace, self.name, self.container_names)
+        r = self.resources
+        requests = (
+            PodRequests(cpu_cores=r.cpu_request_cores, memory_bytes=r.memory_request_bytes)
+            if r.cpu_request_cores is not None or r.memory_request_bytes is not None else None
+        )
+        return PodLabels(self.namespace, self.name, self.container_names, self.owner,
+                         self.template_hash, requests)
 
 
 def _sum(containers: list[dict[str, Any]], kind: str, resource: str) -> Decimal | None:
@@ -120,7 +129,18 @@ def pod_meta(obj: Mapping[str, Any]) -> PodMeta:
             memory_limit_bytes=int(mem_lim) if mem_lim is not None else None,
         ),
         phase=str(status.get("phase", "")),
+        owner=_controller(meta),
+        template_hash=(meta.get("labels") or {}).get("pod-template-hash"),
     )
+
+
+def _controller(meta: Mapping[str, Any]) -> PodOwner | None:
+    """The ownerReference marked controller, if any."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") and ref.get("name"):
+            return PodOwner(api_version=str(ref.get("apiVersion", "")), kind=str(ref["kind"]),
+                            name=str(ref["name"]), uid=str(ref.get("uid", "")))
+    return None
 
 
 @dataclass

@@ -16,6 +16,8 @@ from kopeck.api.report import (
     Gap,
     NetworkUsage,
     NodeInfo,
+    PodOwner,
+    PodRequests,
     PodUsage,
     ProbeReport,
     ThresholdEvent,
@@ -25,11 +27,15 @@ from kopeck_probe.attribution import NS_PER_S, PodInterval
 
 @dataclass(frozen=True)
 class PodLabels:
-    """What pod metadata adds to a report: names and container names by runtime id."""
+    """What pod metadata adds to a report: names and container names by runtime id, and
+    what the operator needs to charge a pod it can no longer look up (owner, requests)."""
 
     namespace: str
     name: str
     container_names: Mapping[str, str]
+    owner: PodOwner | None = None
+    template_hash: str | None = None
+    requests: PodRequests | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,9 @@ def pod_usage(
         uid=p.uid,
         namespace=labels.namespace if labels else None,
         name=labels.name if labels else None,
+        owner=labels.owner if labels else None,
+        template_hash=labels.template_hash if labels else None,
+        requests=labels.requests if labels else None,
         qos=p.qos,
         cpu_core_seconds=p.usage.cpu_ns / NS_PER_S,
         memory_working_set_bytes=p.usage.memory_last_bytes,

@@ -12,11 +12,13 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from kopeck.api.report import PodUsage
 from kopeck.demo.operator_process import OperatorProcess
+from kopeck_probe.pods import pod_meta
 
 
 def report(
@@ -53,8 +55,10 @@ def pod_usage(
     seconds: float = 5.0,
     internet_bytes: int = 0,
     container: str = "app",
+    pod: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One PodUsage entry of a report."""
+    """One PodUsage entry of a report; with the Pod object, also what the probe takes from
+    it (controller, pod-template-hash, requests), through the probe's own pod_meta."""
     out: dict[str, Any] = {
         "uid": uid,
         "namespace": namespace,
@@ -73,6 +77,13 @@ def pod_usage(
     }
     if internet_bytes:
         out["network"] = [{"trafficClass": "internet", "direction": "tx", "bytes": internet_bytes}]
+    if pod is not None:
+        labels = pod_meta(pod).labels()
+        out.update(PodUsage(uid=uid, cpu_core_seconds=0, memory_working_set_bytes=0,
+                            owner=labels.owner, template_hash=labels.template_hash,
+                            requests=labels.requests).model_dump(
+            mode="json", by_alias=True, exclude_none=True,
+            include={"owner", "template_hash", "requests"}))
     return out
 
 

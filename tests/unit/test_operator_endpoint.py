@@ -172,3 +172,32 @@ def test_a_report_from_the_future_is_refused_with_the_reason() -> None:
         assert code == 200
 
     run(scenario)
+
+
+def test_a_pod_gone_from_the_apiserver_is_charged_to_its_deployment_from_its_report() -> None:
+    """A pod deleted while the operator was down (its ReplicaSet and Deployment gone too):
+    the buffered report carries its controller, pod-template-hash and requests, so it lands
+    in the Deployment's record priced at max(request, usage), not in a bare-Pod record."""
+    pod = {"metadata": {"uid": "u9", "namespace": "shop", "name": "web-7d9f-x1",
+                        "labels": {"app": "web", "pod-template-hash": "7d9f"},
+                        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                             "name": "web-7d9f", "uid": "rs-1",
+                                             "controller": True}]},
+           "spec": {"containers": [{"name": "app", "resources": {
+               "requests": {"cpu": "2", "memory": "1Gi"}}}]}}
+    usage = pod_usage("u9", "shop", "web-7d9f-x1", cpu_core_seconds=1, working_set=2**20,
+                      pod=pod)
+    assert usage["owner"]["name"] == "web-7d9f" and usage["templateHash"] == "7d9f"
+    assert usage["requests"] == {"cpuCores": 2.0, "memoryBytes": 2**30}
+    end = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
+
+    async def scenario(client: Client, state: State, kube: FakeKube) -> None:
+        body = report(node="n1", boot_id="gone", seq=1, end=end, pods=[usage])
+        assert (await post(client, body, "good"))[0] == 200
+        keys = {(k.kind, k.name) for k, _ in state.accs}
+        assert ("Deployment", "web") in keys and ("Pod", "web-7d9f-x1") not in keys
+        acc = state.accs[(WorkloadKey("shop", "Deployment", "web", "apps/v1"), "2026-11")]
+        assert acc.requested_cpu_core_seconds == Decimal(10)  # 2 cores requested x 5 s
+        assert acc.cpu_core_seconds == Decimal(1)
+
+    run(scenario)

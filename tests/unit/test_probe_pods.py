@@ -160,3 +160,23 @@ def test_container_series_waits_for_the_name_and_keeps_what_came_before() -> Non
         'kopeck_container_cpu_seconds_total{container="app",namespace="shop",pod="cart-0",uid="u-1"} 1.5'
         in text
     )
+
+
+def test_the_report_carries_the_pods_controller_template_hash_and_requests() -> None:
+    """What the operator needs to charge a pod the apiserver no longer has."""
+    obj = pod(app={"requests": {"cpu": "250m", "memory": "64Mi"}})
+    obj["metadata"]["labels"] = {"pod-template-hash": "5f6d"}
+    obj["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "Node", "name": "node-a", "uid": "n"},  # not a controller
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "cart-5f6d", "uid": "rs",
+         "controller": True},
+    ]
+    labels = pod_meta(obj).labels()
+    assert labels.owner is not None
+    assert (labels.owner.kind, labels.owner.name, labels.owner.uid) == ("ReplicaSet",
+                                                                         "cart-5f6d", "rs")
+    assert labels.template_hash == "5f6d"
+    assert labels.requests is not None and labels.requests.cpu_cores == 0.25
+    assert labels.requests.memory_bytes == 64 * 2**20
+    bare = pod_meta(pod()).labels()
+    assert bare.owner is None and bare.template_hash is None and bare.requests is None

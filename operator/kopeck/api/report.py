@@ -83,6 +83,29 @@ class ContainerUsage(ReportModel):
     """The cgroup's memory limit, when one is set."""
 
 
+class PodOwner(ReportModel):
+    """The pod's controller, from its ownerReferences (controller: true)."""
+
+    api_version: str = ""
+    """The controller's apiVersion, e.g. apps/v1."""
+    kind: str
+    """ReplicaSet, StatefulSet, DaemonSet, Job, ..."""
+    name: str
+    """The controller's name."""
+    uid: str = ""
+    """The controller's UID."""
+
+
+class PodRequests(ReportModel):
+    """The pod's requests as the probe saw them in its spec (app containers; limits where
+    only limits are set)."""
+
+    cpu_cores: float | None = Field(default=None, ge=0)
+    """CPU cores requested."""
+    memory_bytes: int | None = Field(default=None, ge=0)
+    """Memory bytes requested."""
+
+
 class PodUsage(ReportModel):
     """One pod's usage over the interval."""
 
@@ -110,6 +133,14 @@ class PodUsage(ReportModel):
     """The pod's cgroup disappeared; this is its last report."""
     seconds: float = Field(default=0, ge=0)
     """How long within the interval the pod was running."""
+    owner: PodOwner | None = None
+    """The pod's controller, so a pod the operator can no longer look up (deleted while
+    the operator was down) is still charged to its workload."""
+    template_hash: str | None = None
+    """The pod's pod-template-hash label: with the owner ReplicaSet's name it names the
+    Deployment even when the ReplicaSet is gone too."""
+    requests: PodRequests | None = None
+    """The pod's requests, so a pod that is gone is still priced at max(request, usage)."""
 
 
 class ThresholdEvent(ReportModel):

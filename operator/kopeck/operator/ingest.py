@@ -37,7 +37,7 @@ from kopeck.operator.fold import (
     resolve_pod,
 )
 from kopeck.operator.kube import ApiError
-from kopeck.operator.pods import fetch_pod
+from kopeck.operator.pods import fetch_pod, pod_from_report
 from kopeck.operator.probe_auth import ProbeAuthenticator, Refusal
 from kopeck.operator.state import AccKey, State, period_kind, spawn, utcnow
 
@@ -187,8 +187,12 @@ class Ingest:
         missing = [p for p in report.pods
                    if resolve_pod(self.state, p) is None and p.namespace and p.name]
         if missing:
-            await asyncio.gather(*(fetch_pod(self.state, p.namespace or "", p.name or "")
-                                   for p in missing[:200]))
+            asked = missing[:200]
+            found = await asyncio.gather(*(fetch_pod(self.state, p.namespace or "", p.name or "")
+                                           for p in asked))
+            for pod, info in zip(asked, found, strict=True):
+                if info is None:  # gone from the apiserver: what the report says of it
+                    await pod_from_report(self.state, pod, report.node)
 
     def _dropped(self, plans: list[DropPlan], now: dt.datetime) -> None:
         """Count the reports a probe declared dropped and say so on the node's record."""

@@ -9,6 +9,8 @@ from typing import Any
 
 import kopf
 
+from kopeck.accounting.budget import PodShape
+from kopeck.api.report import PodUsage
 from kopeck.operator import metrics
 from kopeck.operator.kube import ApiError, resource_path
 from kopeck.operator.state import PodInfo, State
@@ -89,6 +91,33 @@ def purge_tombstones(state: State) -> int:
 
 _missing: dict[tuple[str, str], float] = {}
 MISSING_SECONDS = 60.0
+
+
+async def pod_from_report(state: State, pod: PodUsage, node: str) -> PodInfo | None:
+    """A pod the apiserver no longer has (deleted while this operator was down, or before
+    its buffered reports arrived), rebuilt from what its report carries: its controller,
+    pod-template-hash and requests. Kept as a tombstone, as a deleted pod is."""
+    if pod.owner is None or not pod.namespace or not pod.name:
+        return None
+    owner = pod.owner
+    meta: dict[str, Any] = {
+        "name": pod.name,
+        "labels": {"pod-template-hash": pod.template_hash} if pod.template_hash else {},
+        "ownerReferences": [{"apiVersion": owner.api_version, "kind": owner.kind,
+                             "name": owner.name, "uid": owner.uid, "controller": True}],
+    }
+    workload = await state.resolver.resolve(pod.namespace, meta)
+    req = pod.requests
+    cpu = req.cpu_cores if req is not None and req.cpu_cores is not None else 0.0
+    memory = req.memory_bytes if req is not None and req.memory_bytes is not None else 0
+    info = PodInfo(
+        uid=pod.uid, namespace=pod.namespace, name=pod.name, node=node, workload=workload,
+        shape=PodShape(cpu_cores=Decimal(repr(cpu)), memory_bytes=Decimal(memory)),
+        phase="Unknown", deleted_at=time.monotonic(),
+    )
+    state.pods[pod.uid] = info
+    state.pod_uids[(pod.namespace, pod.name)] = pod.uid
+    return info
 
 
 async def fetch_pod(state: State, namespace: str, name: str) -> PodInfo | None:

@@ -139,6 +139,15 @@ class Workload:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
+def _deployment_named(kind: str, name: str, pod_labels: Mapping[str, str]) -> str | None:
+    """The Deployment a gone ReplicaSet belonged to: the deployment controller names its
+    ReplicaSets `<deployment>-<pod-template-hash>` and labels their pods with that hash."""
+    suffix = pod_labels.get("pod-template-hash")
+    if kind != "ReplicaSet" or not suffix or not name.endswith(f"-{suffix}"):
+        return None
+    return name[: -len(suffix) - 1] or None
+
+
 class OwnerResolver:
     """Follows controller owner references up to the workload, caching by owner uid."""
 
@@ -182,7 +191,12 @@ class OwnerResolver:
             except ApiError:
                 obj = None
             if obj is None:  # owner gone or unreadable: charge it by name, do not cache
-                current = Workload(WorkloadKey(namespace, okind, oname, api), current.labels)
+                deployment = _deployment_named(okind, oname, current.labels)
+                current = Workload(
+                    WorkloadKey(namespace, "Deployment", deployment, KINDS["Deployment"][0])
+                    if deployment else WorkloadKey(namespace, okind, oname, api),
+                    current.labels,
+                )
                 cacheable = False
                 break
             owner_meta = obj.get("metadata") or {}
