@@ -344,6 +344,9 @@ def test_a_probe_partitioned_across_midnight_delivers_its_buffer_in_order(
         assert not probe.is_alive()
         assert cut_off >= 3 and acked_during == 2, (cut_off, acked_during)
         assert row["periods"] == [day_before, period_at("Daily", midnight).name], row
+        last = ((sc.record(period_at("Daily", midnight).name) or {}).get("status")
+                or {}).get("lastReport") or {}
+        assert last.get("seq") == len(bodies), last  # the buffer's newest report came last
         assert row["adjustment_core_seconds"] > 0, row
         _check(row, op)
 
