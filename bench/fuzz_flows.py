@@ -21,7 +21,9 @@ Checked after every datagram and flush:
   per exporter, templates per stream and fields per template within their bounds
   (``budget_violations``);
 - the honest exporter's records — every intact set — decode to exactly the octets and
-  packets it encoded, per (source, destination) (``oracle_violations``).
+  packets it encoded, per (source, destination) (``oracle_violations``);
+- no queued set fails to decode at flush (``undecodable_records``: the per-set retry
+  contains such a failure, but reaching it from the wire is a decoder bug).
 
 No fuzzing library is needed (hypothesis / atheris are not dependencies): the generator is
 seeded, so a case is reproduced from ``--seed`` and its number.
@@ -636,6 +638,7 @@ def main() -> int:
             "exceptions": rep.exceptions,
             "budget_violations": rep.budget_violations,
             "oracle_violations": rep.oracle_violations,
+            "undecodable_records": d.drops.get("undecodable_records", 0),
             "clean_records_checked": rep.clean_records,
             "max_state_bytes": rep.max_state_bytes,
             "seed": args.seed,
@@ -659,7 +662,8 @@ def main() -> int:
     result = figures(rep, d, True)
     print(json.dumps(result, indent=2))
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if not (rep.exceptions or rep.budget_violations or rep.oracle_violations) else 1
+    bad = rep.exceptions or rep.budget_violations or rep.oracle_violations
+    return 1 if bad or d.drops.get("undecodable_records") else 0
 
 
 if __name__ == "__main__":

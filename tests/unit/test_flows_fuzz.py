@@ -33,6 +33,7 @@ def test_seeded_slice_is_clean_and_covers_the_hostile_paths() -> None:
     rep, d = FZ.run(20261202, cases=2500)
     assert (rep.exceptions, rep.budget_violations, rep.oracle_violations) == (0, 0, 0), rep.failures
     assert rep.clean_records > 10_000
+    assert "undecodable_records" not in d.drops  # a flush failure reached from the wire
     assert 0 < rep.max_state_bytes <= FZ.BOUNDS["max_template_bytes"]
     assert {f"mutation_{m}" for m in FZ.MUTATIONS} <= set(rep.stats)
     hit = {r for r, n in d.drops.items() if n}

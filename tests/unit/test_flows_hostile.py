@@ -289,3 +289,16 @@ def test_collector_passes_the_bounds_and_reports_saturation() -> None:
     assert col.handle(c.ipfix([SAMPLING_OPT, PLAIN, opt_data, rec], seq=0), EXP)
     col.flush()
     assert col.stats().saturated_records == 1
+
+
+def test_reverse_counter_of_nine_fixed_octets_is_not_a_counter() -> None:
+    """Found by bench/fuzz_flows.py: a reverse octet count declared 255 octets long made
+    flush overflow (the set was then dropped as undecodable_records)."""
+    fields: list[c.Field] = [(8, 4), (12, 4), (1, 8), (82, 0xFFFF), (1, 255, 29305)]
+    tpl = c.set_(2, c.template_record(301, fields, ipfix=True))
+    rec = struct.pack("!IIQ", 1, 2, 10) + c.varlen(b"eth0") + b"\xff" * 255
+    d = Decoder()
+    assert d.feed(c.ipfix([tpl, c.set_(301, rec)], seq=0), EXP)
+    b = d.flush()
+    assert b.bytes.tolist() == [10]
+    assert d.drops == {}

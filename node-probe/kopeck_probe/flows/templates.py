@@ -116,6 +116,8 @@ class RecordLayout:
 
 def _wanted(spec: FieldSpec) -> str | None:
     if spec.enterprise == REVERSE_PEN:
+        if not (1 <= spec.length <= 8 or spec.length == VARLEN):
+            return None  # a "counter" of 9+ fixed octets is not one we can hold
         return _REVERSE_IES.get(spec.ie)
     if spec.enterprise:
         return None
@@ -254,7 +256,7 @@ def walk_variable(
                 raise RecordError("field past the end of the set")
             hit = wanted.get(index)
             if hit is not None:
-                if hit.length == VARLEN and length > 8:
+                if hit.length != 16 and length > 8:
                     raise RecordError("integer field longer than 8 octets")
                 if hit.length == 16:
                     cols[f"{hit.name}_hi"].append(int.from_bytes(data[pos : pos + 8], "big"))
