@@ -507,7 +507,11 @@ async def measure(cluster: Any, op: Any, token: str, nodes: list[str], pods: lis
                     asyncio.create_task(watch_policies(api, stop, cycles))]
         await asyncio.sleep(warmup)
         pid = op.proc.pid
+        others = {c.name: c.pid for c in cluster.components}
+        others["bench"] = os.getpid()
         t0, cpu0 = time.monotonic(), proc_cpu_seconds(pid)
+        others0 = {k: proc_cpu_seconds(v) for k, v in others.items()}
+        load0 = os.getloadavg()[0]
         w0, db0 = kopeck_writes(await api.text("/metrics")), etcd_db_bytes(etcd_url)
         lag0, cyc0, acks0 = len(lags), len(cycles), len(acks)
         rss: list[float] = []
@@ -518,6 +522,9 @@ async def measure(cluster: Any, op: Any, token: str, nodes: list[str], pods: lis
                 break
         elapsed = time.monotonic() - t0
         cpu = (proc_cpu_seconds(pid) - cpu0) / elapsed
+        others_cpu = {k: round((proc_cpu_seconds(v) - others0[k]) / elapsed, 3)
+                      for k, v in others.items()}
+        load1 = os.getloadavg()[0]
         writes = (kopeck_writes(await api.text("/metrics")) - w0) / elapsed
         db1 = etcd_db_bytes(etcd_url)
         window_acks = [ms for _t, ms in acks[acks0:]]
@@ -572,6 +579,8 @@ async def measure(cluster: Any, op: Any, token: str, nodes: list[str], pods: lis
         "reports_per_s_offered": round(len(nodes) / INTERVAL_S, 2),
         "rss_mib": round(max(rss), 1) if rss else None,
         "cpu_cores": round(cpu, 3),
+        "other_cpu_cores": others_cpu,
+        "machine_load_1m": [round(load0, 2), round(load1, 2)],
         "ack_p50_ms": round(statistics.median(window_acks), 1) if window_acks else None,
         "ack_p99_ms": round(percentile(window_acks, 99), 1) if window_acks else None,
         "lag_p50_s": round(statistics.median(lags[lag0:]), 2) if lags[lag0:] else None,
