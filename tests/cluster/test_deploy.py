@@ -257,6 +257,7 @@ OPERATOR_CAN = [
     ("get", "persistentvolumeclaims", "-n", "team-a"),
     ("get", "deployments.apps", "-n", "team-a"),
     ("get", "replicasets.apps", "-n", "team-a"),
+    ("get", "replicationcontrollers", "-n", "team-a"),
     ("get", "statefulsets.apps", "-n", "team-a"),
     ("get", "daemonsets.apps", "-n", "team-a"),
     ("get", "jobs.batch", "-n", "team-a"),

@@ -181,8 +181,6 @@ def test_requests_that_can_change_a_decision_reach_the_webhook_and_the_rest_do_n
     skipped("replicas down", "patch", "deployment", "web", "-n", ns, "-p",
             '{"spec":{"replicas":1}}')
     skipped("scale down", "scale", "deployment", "web", "-n", ns, "--replicas=0")
-    skipped("pod of a controller", *DRY, input=pod_manifest("owned", ns, cpu=HUGE_CPU,
-                                                                 owner=True))
     skipped("exempt workload create", *DRY, input=deployment_manifest(
         "free-big", ns, cpu=HUGE_CPU, labels={"exempt": "yes"}))
     skipped("workload the policy does not select", *DRY, input=deployment_manifest(
@@ -201,3 +199,63 @@ def test_requests_that_can_change_a_decision_reach_the_webhook_and_the_rest_do_n
     assert n == 1, out
     eventually(lambda: f"{ns}/Deployment/web" not in reservation_keys(), timeout=10,
                what="web's reservation released")
+
+
+def rs_manifest(kind: str, name: str, namespace: str, *, cpu: str, replicas: int = 1) -> str:
+    api = "apps/v1" if kind == "ReplicaSet" else "v1"
+    selector: dict[str, Any] = {"app": name}
+    return json.dumps({"apiVersion": api, "kind": kind,
+                       "metadata": {"name": name, "namespace": namespace},
+                       "spec": {"replicas": replicas,
+                                "selector": {"matchLabels": selector} if kind == "ReplicaSet"
+                                else selector,
+                                "template": {"metadata": {"labels": selector}, "spec": {
+                                    "containers": [{"name": "app",
+                                                    "image": "registry.k8s.io/pause:3.10",
+                                                    "resources": {"requests": {"cpu": cpu}}}]}}}})
+
+
+def test_every_route_to_pods_is_judged(
+    cluster: ClusterHandle, op: OperatorProcess, policy: str
+) -> None:
+    """Pods whose controller a user made up, ReplicaSets and ReplicationControllers of
+    their own (and their scale subresource) and in-place resizes all reach the budget;
+    what the controllers create for a judged workload does not reach it again."""
+    ns = policy
+    kubectl = cluster.kubectl
+
+    def verdict(*args: str, input: str | None = None) -> str:
+        res = kubectl(*args, input=input, check=False)
+        return res.stdout + res.stderr
+
+    def denied(what: str, *args: str, input: str | None = None) -> None:
+        out = verdict(*args, input=input)
+        assert "denied the request" in out and "kopeck" in out, f"{what}: {out}"
+
+    forged = json.loads(pod_manifest("forged", ns, cpu=HUGE_CPU, owner=True))
+    denied("a user's pod naming a ReplicaSet as its controller", *DRY, input=json.dumps(forged))
+    forged["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap",
+                                              "name": "x", "uid": "u", "controller": True}]
+    denied("a pod owned by something that is not a workload", *DRY, input=json.dumps(forged))
+    denied("a ReplicaSet of one's own", *DRY, input=rs_manifest("ReplicaSet", "rs-big", ns,
+                                                                 cpu=HUGE_CPU))
+    denied("a ReplicationController", *DRY,
+           input=rs_manifest("ReplicationController", "rc-big", ns, cpu=HUGE_CPU))
+    kubectl("apply", "-f", "-", input=rs_manifest("ReplicationController", "rc", ns, cpu="10m"))
+    denied("a ReplicationController's scale subresource", "scale", "rc", "rc", "-n", ns,
+           "--dry-run=server", "--replicas=400000")
+    kubectl("apply", "-f", "-", input=pod_manifest("small", ns, cpu="10m"))
+    resize = json.dumps({"spec": {"containers": [
+        {"name": "app", "resources": {"requests": {"cpu": HUGE_CPU}}}]}})
+    denied("an in-place resize", "patch", "pod", "small", "-n", ns, "--subresource=resize",
+           "--dry-run=server", "-p", resize)
+
+    # a judged Deployment's ReplicaSet and pods, made by the controllers, are not judged again
+    settle(op)
+    before = calls(op)
+    kubectl("apply", "-f", "-", input=deployment_manifest("ctl", ns, replicas=2, cpu="10m",
+                                                          memory="16Mi"))
+    eventually(lambda: len(json.loads(kubectl("get", "pods", "-n", ns, "-l", "app=ctl", "-o",
+                                              "json").stdout)["items"]) == 2,
+               timeout=30, what="the controllers' pods")
+    assert settle(op) - before == 1, "the controllers' ReplicaSet or pods reached the webhook"

@@ -57,6 +57,7 @@ from kopeck.operator.state import State, period_kind, spawn, utcnow
 from kopeck.operator.workloads import (
     KINDS,
     container_resources,
+    controller_ref,
     pod_shape,
     replicas_of,
     template_of,
@@ -71,6 +72,8 @@ WORKLOADS: list[tuple[str, str, str]] = [
     ("apps", "v1", "deployments"),
     ("apps", "v1", "statefulsets"),
     ("apps", "v1", "daemonsets"),
+    ("apps", "v1", "replicasets"),
+    ("", "v1", "replicationcontrollers"),
     ("batch", "v1", "jobs"),
     ("batch", "v1", "cronjobs"),
     ("", "v1", "pods"),
@@ -79,11 +82,35 @@ SCALABLE: list[tuple[str, str, str]] = [
     ("apps", "v1", "deployments"),
     ("apps", "v1", "statefulsets"),
     ("apps", "v1", "replicasets"),
+    ("", "v1", "replicationcontrollers"),
 ]
+RESIZABLE: list[tuple[str, str, str]] = [("", "v1", "pods")]
+"""In-place resize (the pods/resize subresource) raises a running pod's requests."""
 PLURAL_KIND = {
     "deployments": "Deployment", "statefulsets": "StatefulSet", "daemonsets": "DaemonSet",
     "jobs": "Job", "cronjobs": "CronJob", "pods": "Pod", "replicasets": "ReplicaSet",
+    "replicationcontrollers": "ReplicationController",
 }
+MADE_BY: dict[str, tuple[str, ...]] = {
+    "Pod": ("ReplicaSet", "ReplicationController", "StatefulSet", "DaemonSet", "Job"),
+    "ReplicaSet": ("Deployment",),
+}
+"""Objects judged through their controller (when a controller made them): the kinds of
+controller that count. Anything else is judged itself, whatever its ownerReferences say."""
+CONTROLLER_USER = "system:kube-controller-manager"
+CONTROLLER_ACCOUNTS = "system:serviceaccount:kube-system:"
+"""Who the built-in controllers act as (their own ServiceAccounts, or the controller
+manager's identity without --use-service-account-credentials)."""
+
+
+def made_by_controller(kind: str, meta: Mapping[str, Any], userinfo: Mapping[str, Any]) -> bool:
+    """A pod (or ReplicaSet) a built-in controller made for a workload that was judged: its
+    controller reference names a judged kind and the request comes from a controller. A
+    user's object naming a controller of its own is judged like a bare one."""
+    ref = controller_ref(meta)
+    user = str(userinfo.get("username") or "")
+    return (ref is not None and str(ref.get("kind")) in MADE_BY.get(kind, ())
+            and (user == CONTROLLER_USER or user.startswith(CONTROLLER_ACCOUNTS)))
 _locks: dict[str, asyncio.Lock] = {}
 
 
@@ -340,8 +367,10 @@ async def judge(
     dryrun: bool,
     warnings: list[str],
     headers: Mapping[str, str],
+    userinfo: Mapping[str, Any] | None = None,
 ) -> None:
     """The admission decision; raises kopf.AdmissionError to deny."""
+    userinfo = userinfo or {}
     meta = body.get("metadata") or {}
     namespace = str(meta.get("namespace") or "")
     name = str(meta.get("name") or "")
@@ -362,8 +391,8 @@ async def judge(
         containers = container_resources(spec)
     else:
         labels = dict(meta.get("labels") or {})
-        if kind == "Pod" and meta.get("ownerReferences"):
-            return  # pods of a controller are judged through their controller
+        if subresource != "resize" and made_by_controller(kind, meta, userinfo):
+            return  # judged through its controller (a resize changes this pod alone)
         spec = template_of(kind, new or body) or {}
         shape = pod_shape(spec)
         nodes = max(1, len(state.nodes))
@@ -450,14 +479,15 @@ def _handler(plural: str) -> Any:
     async def handler(
         body: Mapping[str, Any], old: Mapping[str, Any] | None, new: Mapping[str, Any] | None,
         operation: str, subresource: str | None, dryrun: bool, warnings: list[str],
-        headers: Mapping[str, str], memo: Any, **_: Any,
+        headers: Mapping[str, str], memo: Any, userinfo: Mapping[str, Any] | None = None,
+        **_: Any,
     ) -> None:
         started = time.monotonic()
         try:
             await judge(
                 state=memo.state, plural=plural, body=body, old=old, new=new,
                 operation=operation, subresource=subresource, dryrun=dryrun,
-                warnings=warnings, headers=headers,
+                warnings=warnings, headers=headers, userinfo=userinfo,
             )
         finally:
             memo.state.counters["admissions"] += 1
@@ -476,6 +506,11 @@ def register(registry: kopf.OperatorRegistry | None = None) -> None:
     for group, version, plural in SCALABLE:
         kopf.on.validate(
             group, version, plural, id=HOOK_ID, subresource="scale", operations=["UPDATE"],
+            registry=registry,
+        )(_handler(plural))
+    for group, version, plural in RESIZABLE:
+        kopf.on.validate(
+            group, version, plural, id=HOOK_ID, subresource="resize", operations=["UPDATE"],
             registry=registry,
         )(_handler(plural))
 
@@ -578,6 +613,8 @@ _SHAPE_PATHS: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
     "jobs": (("spec", "template", "spec"), ("spec", "parallelism")),
     "cronjobs": (("spec", "jobTemplate", "spec", "template", "spec"),
                  ("spec", "jobTemplate", "spec", "parallelism")),
+    "replicasets": (("spec", "template", "spec"), ("spec", "replicas")),
+    "replicationcontrollers": (("spec", "template", "spec"), ("spec", "replicas")),
     "pods": (("spec",), None),
 }
 
@@ -625,6 +662,25 @@ def _cel_scale_not_up() -> str:
     return f"{counts[0]} <= {counts[1]}"
 
 
+def _cel_made_by() -> str:
+    """CEL true exactly when judge() leaves a request to the controller: made_by_controller()
+    of the object it reads, and not a resize."""
+    obj = f"({_OPERATION_DELETE} ? oldObject : object)"
+    by_resource = []
+    for kind, owners in MADE_BY.items():
+        plural = next(p for p, k in PLURAL_KIND.items() if k == kind)
+        kinds = "[" + ", ".join(_cel_string(o) for o in owners) + "]"
+        by_resource.append(
+            f"(request.resource.resource == {_cel_string(plural)} && "
+            f"has({obj}.metadata.ownerReferences) && {obj}.metadata.ownerReferences.exists(r, "
+            f"has(r.controller) && r.controller && r.kind in {kinds}))")
+    user = "request.userInfo.username"
+    return (f"!(has(request.subResource) && request.subResource == 'resize') && "
+            f"({' || '.join(by_resource)}) && "
+            f"({user} == {_cel_string(CONTROLLER_USER)} || "
+            f"{user}.startsWith({_cel_string(CONTROLLER_ACCOUNTS)}))")
+
+
 def match_conditions(spec: CostPolicySpec) -> list[dict[str, str]]:
     """The CEL conditions under which a request can change this policy's decision.
 
@@ -635,13 +691,7 @@ def match_conditions(spec: CostPolicySpec) -> list[dict[str, str]]:
     proposals warn on every change); without a budget only DELETEs (and, under Propose,
     creates and updates) matter.
     """
-    out = [{
-        "name": "kopeck-not-a-controllers-pod",
-        "expression": "request.resource.resource != 'pods' || !(" + (
-            f"{_OPERATION_DELETE} ? "
-            "(has(oldObject.metadata.ownerReferences) && size(oldObject.metadata.ownerReferences) > 0) : "
-            "(has(object.metadata.ownerReferences) && size(object.metadata.ownerReferences) > 0))"),
-    }]
+    out = [{"name": "kopeck-not-made-by-a-controller", "expression": "!(" + _cel_made_by() + ")"}]
     scope = spec.scope.selector
     if scope is not None and not scope.is_empty():
         out.append({"name": "kopeck-selected-by-policy",
@@ -689,9 +739,10 @@ def desired_webhooks(state: State, url: str, ca_bundle: str) -> list[dict[str, A
              "operations": ["CREATE", "UPDATE", "DELETE"], "scope": "Namespaced"}
             for g, v, p in WORKLOADS
         ] + [
-            {"apiGroups": [g], "apiVersions": [v], "resources": [f"{p}/scale"],
+            {"apiGroups": [g], "apiVersions": [v], "resources": [f"{p}/{sub}"],
              "operations": ["UPDATE"], "scope": "Namespaced"}
-            for g, v, p in SCALABLE
+            for sub, routes in (("scale", SCALABLE), ("resize", RESIZABLE))
+            for g, v, p in routes
         ]
         hook_name = f"{name}.budget.cost.kopeck.io"
         problem = selector_problem("spec.scope.namespaceSelector", ns_selector)

@@ -23,6 +23,7 @@ from kopeck.rightsizing.quantity import QuantityError, parse_quantity
 KINDS: dict[str, tuple[str, str]] = {
     "Deployment": ("apps/v1", "deployments"),
     "ReplicaSet": ("apps/v1", "replicasets"),
+    "ReplicationController": ("v1", "replicationcontrollers"),
     "StatefulSet": ("apps/v1", "statefulsets"),
     "DaemonSet": ("apps/v1", "daemonsets"),
     "Job": ("batch/v1", "jobs"),
@@ -106,7 +107,7 @@ def replicas_of(kind: str, obj: Mapping[str, Any], node_count: int = 1) -> int:
     A CronJob counts as one concurrent run of its job (its schedule is not modelled).
     """
     spec = obj.get("spec") or {}
-    if kind in ("Deployment", "StatefulSet", "ReplicaSet"):
+    if kind in ("Deployment", "StatefulSet", "ReplicaSet", "ReplicationController"):
         value = spec.get("replicas", 1)
     elif kind == "DaemonSet":
         value = max(1, node_count)
