@@ -2,82 +2,29 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from kopeck.accounting.budget import PodShape, project_change
-from kopeck.accounting.periods import period_at
-from kopeck.accounting.prices import NodeFacts, rates_for_node
-from kopeck.api.costpolicy import Pricing
 from kopeck.localcluster.handle import ClusterHandle
+from tests.support.budget import apply_policy, delete_policy, per_deployment
 from tests.support.operator import (
     OperatorProcess,
     deployment_manifest,
-    policy_manifest,
     running_operator,
 )
 
 pytestmark = pytest.mark.cluster
-RATES = rates_for_node(
-    Pricing.model_validate({"rateCard": {"cpuCoreHour": "0.036", "memoryGiBHour": "0.0045"}}),
-    NodeFacts("admission"),
-)
-
-
 @pytest.fixture(scope="module")
 def op(cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     with running_operator(cluster.kubectl, cluster.kubeconfig,
                           tmp_path_factory.mktemp("op")) as proc:
         yield proc
-
-
-def per_deployment(cpu: str = "1", memory_gib: int = 1, replicas: int = 1) -> Decimal:
-    """What one such Deployment adds to the rest of this month (the webhook's arithmetic)."""
-    now = dt.datetime.now(dt.UTC)
-    p = project_change(
-        old=None, old_replicas=0,
-        new=PodShape(cpu_cores=Decimal(cpu), memory_bytes=Decimal(memory_gib * 2**30)),
-        new_replicas=replicas, rates=RATES, window=period_at("Monthly", now), now=now,
-        amount=Decimal(1), spent=Decimal(0), reserved=Decimal(0),
-    )
-    return p.added_to_period_end
-
-
-def apply_policy(cluster: ClusterHandle, op: OperatorProcess, name: str, namespace: str,
-                 **kw: Any) -> None:
-    """Create the policy and wait until the apiserver calls our webhook for it."""
-    cluster.kubectl("apply", "-f", "-", input=policy_manifest(name, namespace, **kw))
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        out = cluster.kubectl("get", "validatingwebhookconfiguration", op.webhook_config,
-                              "-o", "json", check=False)
-        if out.returncode == 0:
-            hooks = [w["name"] for w in json.loads(out.stdout).get("webhooks") or []]
-            if f"{name}.budget.cost.kopeck.io" in hooks:
-                break
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"webhook for {name} not registered: {op.log_tail()}")
-    # the apiserver picks configurations up asynchronously: wait until a huge change is judged
-    probe = deployment_manifest("kopeck-probe", namespace, replicas=10_000)
-    while time.monotonic() < deadline + 10:
-        res = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=probe, check=False)
-        if "kopeck" in res.stderr or "kopeck" in res.stdout:
-            return
-        time.sleep(0.3)
-    pytest.fail(f"webhook for {name} never judged a request: {op.log_tail()}")
-
-
-def delete_policy(cluster: ClusterHandle, name: str) -> None:
-    cluster.kubectl("delete", "costpolicy", name, "--ignore-not-found", check=False)
 
 
 def test_over_budget_deployment_refused_with_message(

@@ -23,7 +23,7 @@ import pytest
 from kopeck.localcluster.certs import CertificateAuthority
 from kopeck.localcluster.cluster import LocalCluster
 from kopeck.localcluster.handle import ClusterHandle
-from tests.cluster.test_webhook_budget import apply_policy, delete_policy, per_deployment
+from tests.support.budget import apply_policy, delete_policy, per_deployment
 from tests.support.operator import OperatorProcess, deployment_manifest, running_operator
 
 pytestmark = pytest.mark.cluster

@@ -461,6 +461,12 @@ class Reservation(StatusModel):
     """The projected spend to the end of the period reserved for it."""
     expires: Timestamp
     """When the reservation lapses if usage never shows up."""
+    since: Timestamp | None = None
+    """When the first admitted change of this reservation was made."""
+    new_pods: int | None = Field(default=None, ge=0)
+    """How many new pods the admitted changes create (added replicas; all of them when the
+    pod template's requests changed): the reservation ends once that many pods of the
+    workload first reported after `since`, so their own usage carries the projection."""
     changes: dict[str, MoneyString] | None = Field(default=None, max_length=32)
     """The admitted changes the amount is made of (a digest of the workload's old and new
     shape and replicas -> its amount): an admission the apiserver runs again for the same

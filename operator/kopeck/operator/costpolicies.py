@@ -30,7 +30,7 @@ from kopeck.accounting.seqs import SeqSet
 from kopeck.accounting.summary import micro, money_text
 from kopeck.api.allocation import NAMESPACE_TOTAL_KIND
 from kopeck.api.common import API_VERSION, GROUP, VERSION
-from kopeck.api.costpolicy import CostPolicySpec
+from kopeck.api.costpolicy import CostPolicySpec, Reservation
 from kopeck.operator import metrics
 from kopeck.operator.conditions import post_event, set_condition
 from kopeck.operator.fold import LEDGER_COMPLETE, REPORTS_DROPPED, dropped_in, dropped_text
@@ -304,8 +304,11 @@ def prune_reservations(
 ) -> list[dict[str, Any]] | None:
     """Reservations still needed, or None when nothing is to be released.
 
-    A reservation ends when it expires, or when its workload's own usage shows up in this
-    period (real spend then carries it in `spent` and the forecast).
+    A reservation ends when it expires, or when the pods it was made for report: as many
+    of the workload's pods as the admitted changes created (`newPods`) first reported after
+    the reservation was made (`since`), so their own usage carries the projection in `spent`
+    and the forecast. Not at the workload's first report: after a scale from 1 to 20 the one
+    old pod reports at once, and a second scale-up must still be judged against the first.
     """
     current = list(entry.status.get("reservations") or [])
     if not current:
@@ -315,13 +318,20 @@ def prune_reservations(
         acc.key.ref for acc in state.accs.values()
         if acc.period.name == window.name and acc.last_report is not None
     }
+    pods_of = {key.ref: pods for key, pods in state.first_reported.items()}
     keep = []
     for r in current:
         try:
-            expires = dt.datetime.fromisoformat(str(r.get("expires")).replace("Z", "+00:00"))
-        except ValueError:
+            res = Reservation.model_validate(r)
+        except ValidationError:
             continue
-        if expires <= now or r.get("key") in reporting:
+        if res.expires <= now:
+            continue
+        if res.new_pods is None or res.since is None:  # written by an older operator
+            if res.key in reporting:
+                continue
+        elif res.new_pods <= sum(1 for first in pods_of.get(res.key, {}).values()
+                                 if first > res.since):
             continue
         keep.append(r)
     return keep if len(keep) != len(current) else None

@@ -227,6 +227,9 @@ def fold_report(state: State, report: ProbeReport, now: dt.datetime) -> FoldResu
     held = 0
     cpu_seen: dict[AccKey, list[Decimal]] = {}
     for wkey, (_workload, policy, pis, group_costs, usages) in groups.items():
+        seen_pods = state.first_reported.setdefault(wkey, {})
+        for pi in pis:
+            seen_pods.setdefault(pi.uid, end)
         kind = period_kind(policy)
         if kind not in splits:
             splits[kind] = split_interval(kind, start, end)

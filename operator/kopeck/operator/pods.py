@@ -84,6 +84,7 @@ def purge_tombstones(state: State) -> int:
     gone = [uid for uid, p in state.pods.items() if p.deleted_at and p.deleted_at < cutoff]
     for uid in gone:
         info = state.pods.pop(uid)
+        state.first_reported.get(info.workload.key, {}).pop(uid, None)
         if state.pod_uids.get((info.namespace, info.name)) == uid:
             del state.pod_uids[(info.namespace, info.name)]
     return len(gone)

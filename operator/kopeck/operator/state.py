@@ -75,6 +75,9 @@ class State:
     node_seen: dict[str, float] = field(default_factory=dict)
     accs: dict[AccKey, Accumulator] = field(default_factory=dict)
     dirty: set[AccKey] = field(default_factory=set)
+    first_reported: dict[WorkloadKey, dict[str, dt.datetime]] = field(default_factory=dict)
+    """Workload -> pod uid -> the end of the first report that carried the pod: a
+    reservation ends once the pods it was made for report (prune_reservations)."""
     ledger_versions: dict[AccKey, str] = field(default_factory=dict)
     """Record -> the resourceVersion of its Allocation as last read or written here: every
     ledger write is conditional on it, so a replica with a stale copy (an old leader still

@@ -189,6 +189,14 @@ def change_digest(old: Any, old_replicas: int, new: Any, new_replicas: int) -> s
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def new_pods(old: PodShape | None, old_replicas: int, new: PodShape, new_replicas: int) -> int:
+    """Pods an admitted change creates: the added replicas, or every replica when the pod
+    template's requests changed (a rollout replaces them all) or the workload is new."""
+    if old is None or old != new:
+        return new_replicas
+    return max(0, new_replicas - old_replicas)
+
+
 def _reserved_total(status: Mapping[str, Any], now: dt.datetime) -> tuple[Decimal, list[dict[str, Any]]]:
     live = []
     total = Decimal(0)
@@ -214,6 +222,8 @@ class _Ask:
     done: asyncio.Future[Projection]
     change: str = ""
     """Digest of the change admitted ('' when it has none): the same change twice is one."""
+    new_pods: int = 0
+    """Pods the change creates (see Reservation.new_pods)."""
 
 
 MAX_CHANGES = 32
@@ -226,7 +236,7 @@ it without a read; its resourceVersion precondition fails (and we read) if anyon
 
 async def reserve(
     state: State, policy: NamedPolicy, key: str, project: Any, now: dt.datetime,
-    change: str = "",
+    change: str = "", new_pods: int = 0,
 ) -> Projection:
     """Project against the freshest policy status and reserve, retrying on conflicts.
 
@@ -241,7 +251,7 @@ async def reserve(
     """
     lock = _locks.setdefault(policy.name, asyncio.Lock())
     waiting = _asks.setdefault(policy.name, [])
-    ask = _Ask(key, project, now, asyncio.get_running_loop().create_future(), change)
+    ask = _Ask(key, project, now, asyncio.get_running_loop().create_future(), change, new_pods)
     waiting.append(ask)
     try:
         async with lock:
@@ -294,7 +304,10 @@ async def _reserve_together(state: State, policy: NamedPolicy, batch: list[_Ask]
             live = [r for r in live if r.get("key") != ask.key]
             expires = (ask.now + dt.timedelta(seconds=state.settings.reservation_ttl)
                        ).replace(microsecond=0)
-            entry = Reservation(key=ask.key, amount=amount, expires=expires,
+            since = (mine or {}).get("since") or ask.now.replace(microsecond=0)
+            pods = int((mine or {}).get("newPods") or 0) + ask.new_pods
+            entry = Reservation(key=ask.key, amount=amount, expires=expires, since=since,
+                                new_pods=pods,
                                 changes={k: Decimal(v) for k, v in changes.items()} or None)
             live.append(entry.model_dump(mode="json", by_alias=True, exclude_none=True))
             written += 1
@@ -457,7 +470,8 @@ async def judge(
     enforcement = budget.enforcement
     if enforcement == "Deny" and not dryrun and not p.over_budget:
         p = await reserve(state, policy, workload.ref, project, now,
-                          change=change_digest(old_shape, old_replicas, shape, new_replicas))
+                          change=change_digest(old_shape, old_replicas, shape, new_replicas),
+                          new_pods=new_pods(old_shape, old_replicas, shape, new_replicas))
     if not p.over_budget:
         metrics.ADMISSIONS.labels("allowed").inc()
         return
