@@ -23,7 +23,7 @@ from kopeck.operator import metrics
 from kopeck.operator.costpolicies import compute_status
 from kopeck.operator.fold import dropped_in, mark_dropped, plan_dropped
 from kopeck.operator.state import State
-from tests.unit.test_operator_endpoint import Client, FakeKube, body, post, run
+from tests.support.ingest import Client, FakeKube, body, post, run
 
 DEPLOY = WorkloadKey("shop", "Deployment", "web", "apps/v1")
 PERIOD = "2026-11"
@@ -58,14 +58,7 @@ class EventKube(FakeKube):
 
 
 def run_with_events(scenario: Any) -> None:
-    import tests.unit.test_operator_endpoint as endpoint
-
-    original = endpoint.FakeKube
-    endpoint.FakeKube = EventKube  # type: ignore[misc]
-    try:
-        run(scenario)
-    finally:
-        endpoint.FakeKube = original  # type: ignore[misc]
+    run(scenario, EventKube)
 
 
 def test_declared_gap_sets_conditions_metric_and_settles_seen() -> None:

@@ -7,13 +7,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
-from test_operator_endpoint import PROBE, Client, FakeKube, body, make_state, post
 
 from kopeck.operator.allocations import Checkpointer
 from kopeck.operator.ingest import Ingest
 from kopeck.operator.kube import ApiError
 from kopeck.operator.probe_auth import Probe
 from kopeck.operator.state import State
+from tests.support.ingest import PROBE, Client, FakeKube, body, make_state, post
 
 
 class FaultyKube(FakeKube):
@@ -120,11 +120,10 @@ def test_a_record_refused_for_good_holds_back_only_the_reports_that_changed_it()
     import datetime as dt
     from decimal import Decimal
 
-    from test_operator_endpoint import pod_usage, policy_manifest, report
-
     from kopeck.operator.costpolicies import remember
     from kopeck.operator.state import PodInfo
     from kopeck.operator.workloads import PodShape, Workload, WorkloadKey
+    from tests.support.operator import pod_usage, policy_manifest, report
 
     async def main() -> None:
         kube = OneRecordRefusedKube()

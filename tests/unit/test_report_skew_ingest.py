@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from kopeck.api.report import MAX_INTERVAL, SCHEMA_VERSION, ProbeReport, ReportAck
 from kopeck.operator.state import State
-from tests.unit.test_operator_endpoint import Client, FakeKube, body, post, run
+from tests.support.ingest import Client, FakeKube, body, post, run
 
 END = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
 
