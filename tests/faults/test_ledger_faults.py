@@ -75,7 +75,7 @@ class Scenario:
         return report(node=self.node, boot_id=self.boot, seq=seq,
                       end=self.start + dt.timedelta(seconds=5 * seq), pods=[
             pod_usage(p["metadata"]["uid"], self.namespace, p["metadata"]["name"],
-                      cpu_core_seconds=float(CPU_PER_POD), working_set=128 * MI)
+                      cpu_core_seconds=float(CPU_PER_POD), working_set=128 * MI, pod=p)
             for p in self.pods])  # fmt: skip
 
     def ledger(self) -> tuple[Decimal, Decimal]:

@@ -125,7 +125,8 @@ class Periods:
         cpu = float(CPU_PER_POD * seconds / 5)
         return report(node=node, boot_id=boot, seq=seq, end=end, seconds=seconds, pods=[
             pod_usage(p["metadata"]["uid"], self.namespace, p["metadata"]["name"],
-                      cpu_core_seconds=cpu, working_set=128 * MI, seconds=seconds)
+                      cpu_core_seconds=cpu, working_set=128 * MI, seconds=seconds,
+                      pod=p)
             for p in self.pods])  # fmt: skip
 
     def count(self, body: dict[str, Any]) -> None:
@@ -353,18 +354,14 @@ def test_a_probe_partitioned_across_midnight_delivers_its_buffer_in_order(
 
 # 4 -------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: after a restart the operator knows only live pods (allocations.prime lists "
-    "them; pods.py tombstones are in memory only), ingest._learn_pods gets 404 for the "
-    "deleted pods, and fold.fold_report charges their buffered reports to bare-Pod records "
-    "(pod-web-<hash>-<id>-<period>) priced without their requests: the Deployment's record "
-    "misses them"))
 def test_a_pod_deleted_while_the_operator_is_down(
     cluster: ClusterHandle, namespace: str, tmp_path: Path, fault_results: list[dict[str, Any]],
 ) -> None:
     """The operator stops; meanwhile the Deployment is deleted with its pods. The probe's
     buffered reports of those pods (from before the delete) arrive after the restart: they
-    count in the Deployment's record, which the audit sweep then closes."""
+    count in the Deployment's record, which the audit sweep then closes. (They went to
+    bare-Pod records priced without requests until reports carried each pod's controller,
+    pod-template-hash and requests.)"""
     started = time.monotonic()
     with running_operator(cluster.kubectl, cluster.kubeconfig, tmp_path / "op",
                           extra=["--status-interval", "1"]) as op:
