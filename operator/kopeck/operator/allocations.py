@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kopeck.accounting.ledger import (
@@ -113,6 +113,15 @@ class Checkpointer:
         self.generation += 1
         self._wake.set()
         return self.generation
+
+    def held_by_reload(self, needs: Mapping[AccKey, int],
+                       holds: Callable[[AccKey], bool]) -> dict[AccKey, int]:
+        """`needs` less the records reloaded since that hold the report: a reloaded record is
+        what the apiserver stores, so a report it holds is durable there (a write applied
+        whose answer was lost, then a conflict). A report folded again after the reload
+        has newer needs of its own."""
+        return {k: g for k, g in needs.items()
+                if not (g <= self._reloaded.get(k, -1) and holds(k))}
 
     def is_durable(self, needs: Mapping[AccKey, int]) -> bool:
         """Whether every record was written at or after the generation it needs."""
@@ -224,7 +233,9 @@ class Checkpointer:
         except ApiError as exc:
             if exc.conflict:
                 await self.reload(akey)
-                raise StaleRecord(f"allocation {ns}/{name} was written by another replica") from exc
+                raise StaleRecord(f"allocation {ns}/{name} changed since this replica last "
+                                  "wrote it (another replica, or a write whose answer was "
+                                  "lost)") from exc
             if not exc.not_found:
                 raise
             # deleted behind our back: recreate it with everything we hold
@@ -283,8 +294,8 @@ class Checkpointer:
         state.ledger_versions[akey] = str(item["metadata"]["resourceVersion"])
         if hist is not None:
             state.histories[key] = hist
-        log.warning("allocation %s/%s was written by another replica: reloaded", key.namespace,
-                    name)
+        log.warning("allocation %s/%s changed since this replica last wrote it: reloaded",
+                    key.namespace, name)
 
     async def _ensure_namespace(self, ns: str) -> None:
         try:

@@ -148,6 +148,9 @@ class Ingest:
         needs = dict.fromkeys(result.touched, generation or 0)
         mark = (report.node, report.boot_id, report.seq)
         first = self._folded_at.get(mark)
+        if first is not None:
+            first = self.checkpointer.held_by_reload(
+                first, lambda k: (acc := state.accs.get(k)) is not None and acc.holds(*mark))
         if first is not None and not self.checkpointer.is_durable(first):
             # a resend: acked only once the write that first folded it is durable
             if generation is None:
