@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from kopeck_probe.config import SA_TOKEN, ProbeConfig
+from kopeck_probe.config import FLOW_LIMITS, SA_TOKEN, ProbeConfig
 
 if TYPE_CHECKING:
     from kopeck_probe.ebpf_source import EbpfNetworkSource
@@ -94,8 +94,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="extend",
         default=None,
         metavar="CIDR,...",
-        help="exporter addresses/CIDRs accepted (default: this node's addresses, loopback)",
+        help="exporters accepted, ADDRESS|CIDR[@DOMAIN] (@DOMAIN: only that IPFIX observation "
+        "domain / v9 source id; default: this node's addresses and loopback, any domain)",
     )
+    for name, (low, high, what) in FLOW_LIMITS.items():
+        n.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=None,
+            metavar="N",
+            help=f"collector bound: {what}, {low}..{high} (sizes take Ki/Mi/Gi; "
+            f"env KOPECK_{name.upper()}; default {ProbeConfig.model_fields[name].default})",
+        )
     n.add_argument("--zone", default=None, help="this node's topology.kubernetes.io/zone")
     n.add_argument("--region", default=None, help="this node's topology.kubernetes.io/region")
     n.add_argument(
@@ -144,6 +154,7 @@ def config_from_args(args: argparse.Namespace) -> ProbeConfig:
         pod_cidrs=tuple(args.pod_cidr),
         node_cidrs=tuple(args.node_cidr),
         internal_cidrs=tuple(args.internal_cidr),
+        **{k: getattr(args, k) for k in FLOW_LIMITS if getattr(args, k, None) is not None},
     )
 
 
@@ -184,7 +195,9 @@ def open_flows(cfg: ProbeConfig, directory: PodDirectory) -> FlowSource | None:
         node_addresses(),
     )
     netns = None if cfg.watch_pods else PodNetns(cfg.cgroup_base, cfg.prefix)
-    return open_flow_source(cfg.flows_listen, cfg.flows_allow, topology, directory.uid_by_ip, netns)
+    return open_flow_source(
+        cfg.flows_listen, cfg.flows_allow, topology, directory.uid_by_ip, netns, settings=cfg
+    )
 
 
 def run(args: argparse.Namespace) -> int:
