@@ -82,7 +82,7 @@ class NetworkHealth(Collector):
                 "kopeck_probe_flow_records", "Flow records decoded", value=s.records
             )
             drops = CounterMetricFamily(
-                "kopeck_probe_flow_drops", "Dropped datagrams/sets by reason", labels=["reason"]
+                "kopeck_probe_flow_drops", "Flow datagrams, sets, templates, streams and records dropped or refused, by reason", labels=["reason"]
             )
             for reason, count in sorted(s.drops.items()):
                 drops.add_metric([reason], count)
