@@ -221,6 +221,7 @@ async def main(settings: Settings) -> None:
     finally:
         for task in tasks:
             task.cancel()
+        await ingest.reviewer.close()
         await kube.close()
 
 
