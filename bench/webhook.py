@@ -588,16 +588,20 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="kopeck-bench-webhook-"))
     started = time.time()
     build_noop()
-    if args.kubeconfig is None:
-        from kopeck.localcluster.cluster import LocalCluster
+    try:
+        if args.kubeconfig is None:
+            from kopeck.localcluster.cluster import LocalCluster
 
-        with LocalCluster(workdir / "cluster", tie_to_parent=True) as cluster:
-            data = run(cluster.kubeconfig, args.rounds, args.repeats, levels, workdir,
+            with LocalCluster(workdir / "cluster", tie_to_parent=True) as cluster:
+                data = run(cluster.kubeconfig, args.rounds, args.repeats, levels, workdir,
+                           not args.no_mix)
+            where = "local control plane (kopeck.localcluster), same machine"
+        else:
+            data = run(args.kubeconfig, args.rounds, args.repeats, levels, workdir,
                        not args.no_mix)
-        where = "local control plane (kopeck.localcluster), same machine"
-    else:
-        data = run(args.kubeconfig, args.rounds, args.repeats, levels, workdir, not args.no_mix)
-        where = f"kubeconfig {args.kubeconfig}"
+            where = f"kubeconfig {args.kubeconfig}"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # the run's cluster, certificates, logs
     at100 = data["concurrency"].get("100", {})
     mix = data.get("mix") or {}
     goals = {
