@@ -17,18 +17,12 @@ control plane.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import os
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kopeck.localcluster.build import BuildError, Progress, go_binary
+from kopeck.localcluster.build import BuildError, Progress, go_install, locked
 from kopeck.localcluster.versions import cache_root
 
 
@@ -55,65 +49,17 @@ KUBE_SCORE = GoTool(
 TOOLS = {t.name: t for t in (KUBE_SCORE,)}
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _go_install(tool: GoTool, gobin: Path, log: Path, progress: Progress) -> None:
-    """``go install`` with its output in a log and a ticker counting what it did."""
-    env = dict(os.environ, GOBIN=str(gobin), GOTOOLCHAIN="local", CGO_ENABLED="0")
-    env.pop("GOFLAGS", None)  # -mod=... is refused with package@version
-    argv = [go_binary(), "install", "-v", "-trimpath", "-ldflags", tool.ldflags,
-            f"{tool.package}@{tool.version}"]  # fmt: skip
-    lines: list[str] = []
-    with log.open("a") as logf:
-        logf.write(f"\n$ {' '.join(argv)}\n")
-        logf.flush()
-        proc = subprocess.Popen(
-            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        assert proc.stdout is not None
-        stdout = proc.stdout
-
-        def reader() -> None:
-            for line in stdout:
-                logf.write(line)
-                lines.append(line.rstrip("\n"))
-
-        thread = threading.Thread(target=reader, daemon=True)
-        thread.start()
-        start = time.monotonic()
-        while thread.is_alive():
-            thread.join(timeout=1.0)
-            downloaded = sum(1 for ln in lines if ln.startswith("go: downloading"))
-            compiled = len(lines) - downloaded
-            progress.tick(
-                f"go install {tool.name}: {downloaded} modules downloaded, {compiled} packages "
-                f"compiled ({time.monotonic() - start:.0f}s)"
-            )
-        rc = proc.wait()
-    if rc != 0:
-        tail = "\n".join(lines[-25:])
-        raise BuildError(f"go install {tool.name} failed (exit {rc}); full log: {log}\n{tail}")
-
-
 def ensure(tool: GoTool, progress: Progress) -> Path:
     """The tool's binary, built first when it is not in the cache."""
     base = tool.bin.parent.parent
-    with _locked(base / ".lock"):
+    with locked(base / ".lock"):
         if os.access(tool.bin, os.X_OK):
             return tool.bin
         tmp = base / ".gobin"
         tmp.mkdir(parents=True, exist_ok=True)
         with progress.phase(f"{tool.name} {tool.version}: go install from the module proxy"):
-            _go_install(tool, tmp, base / "build.log", progress)
+            go_install(tool.name, f"{tool.package}@{tool.version}", tmp, base / "build.log",
+                       progress, tool.ldflags)
         tool.bin.parent.mkdir(parents=True, exist_ok=True)
         (tmp / tool.name).replace(tool.bin)
         tmp.rmdir()

@@ -183,7 +183,7 @@ def _run_go(
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """One build per cache at a time; a second caller waits and then finds the binaries."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as fh:
@@ -255,7 +255,7 @@ def build_kubernetes(
     out = out_dir or base / "bin"
     src = base / "src"
     log = base / "build.log"
-    with _locked(base / ".lock"):
+    with locked(base / ".lock"):
         todo = [n for n in names if not os.access(out / n, os.X_OK)]
         if not todo:
             return out
@@ -313,7 +313,7 @@ def build_etcd(
     out = out_dir or base / "bin"
     src = base / "src"
     log = base / "build.log"
-    with _locked(base / ".lock"):
+    with locked(base / ".lock"):
         if os.access(out / "etcd", os.X_OK):
             return out
         go = go_binary()
@@ -366,3 +366,42 @@ def ensure_binaries(
         build_kubernetes(kube_version, wanted_kube, progress=progress)
     progress.say(progress.summary())
     return bins
+
+
+def go_install(name: str, spec: str, gobin: Path, log: Path, progress: Progress,
+               ldflags: str = "-s -w") -> None:
+    """``go install -v spec`` (package@version) into gobin, with its output in a log and a
+    ticker of what it did: the Go tools the tests and benches build beside the control
+    plane (kube-score, kwok)."""
+    env = dict(os.environ, GOBIN=str(gobin), GOTOOLCHAIN="local", CGO_ENABLED="0")
+    env.pop("GOFLAGS", None)  # -mod=... is refused with package@version
+    argv = [go_binary(), "install", "-v", "-trimpath", "-ldflags", ldflags, spec]
+    lines: list[str] = []
+    with log.open("a") as logf:
+        logf.write(f"\n$ {' '.join(argv)}\n")
+        logf.flush()
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert proc.stdout is not None
+        stdout = proc.stdout
+
+        def reader() -> None:
+            for line in stdout:
+                logf.write(line)
+                lines.append(line.rstrip("\n"))
+
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        start = time.monotonic()
+        while thread.is_alive():
+            thread.join(timeout=1.0)
+            downloaded = sum(1 for ln in lines if ln.startswith("go: downloading"))
+            progress.tick(
+                f"go install {name}: {downloaded} modules downloaded, "
+                f"{len(lines) - downloaded} packages compiled ({time.monotonic() - start:.0f}s)"
+            )
+        rc = proc.wait()
+    if rc != 0:
+        tail = "\n".join(lines[-25:])
+        raise BuildError(f"go install {name} failed (exit {rc}); full log: {log}\n{tail}")

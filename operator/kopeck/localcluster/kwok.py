@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
-import time
 from pathlib import Path
 
-from kopeck.localcluster.build import BuildError, Progress, _locked, go_binary
+from kopeck.localcluster.build import BuildError, Progress, go_binary, go_install, locked
 from kopeck.localcluster.versions import cache_root
 
 KWOK_VERSION = "v0.8.0"
@@ -43,13 +41,13 @@ def build_kwok(version: str = KWOK_VERSION, progress: Progress | None = None) ->
     progress = progress or Progress()
     target = kwok_path(version)
     base = target.parent.parent
-    with _locked(base / ".lock"):
+    with locked(base / ".lock"):
         if os.access(target, os.X_OK):
             return target
         gobin = base / ".gobin"
         gobin.mkdir(parents=True, exist_ok=True)
         with progress.phase(f"kwok {version}: go install from the module proxy"):
-            _go_install(f"{KWOK_PACKAGE}@{version}", gobin, base / "build.log", progress)
+            go_install("kwok", f"{KWOK_PACKAGE}@{version}", gobin, base / "build.log", progress)
         target.parent.mkdir(parents=True, exist_ok=True)
         (gobin / "kwok").replace(target)
         gobin.rmdir()
@@ -75,39 +73,3 @@ def kwok_stages(
             f"{kwok_path(version).parent.parent} and run again to fetch the module"
         )
     return "\n---\n".join((root / s).read_text().strip() for s in stages) + "\n"
-
-
-def _go_install(spec: str, gobin: Path, log: Path, progress: Progress) -> None:
-    """``go install -v spec`` with its output in a log and a ticker of what it did."""
-    env = dict(os.environ, GOBIN=str(gobin), GOTOOLCHAIN="local", CGO_ENABLED="0")
-    env.pop("GOFLAGS", None)  # -mod=... is refused with package@version
-    argv = [go_binary(), "install", "-v", "-trimpath", "-ldflags", "-s -w", spec]
-    lines: list[str] = []
-    with log.open("a") as logf:
-        logf.write(f"\n$ {' '.join(argv)}\n")
-        logf.flush()
-        proc = subprocess.Popen(
-            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        assert proc.stdout is not None
-        stdout = proc.stdout
-
-        def reader() -> None:
-            for line in stdout:
-                logf.write(line)
-                lines.append(line.rstrip("\n"))
-
-        thread = threading.Thread(target=reader, daemon=True)
-        thread.start()
-        start = time.monotonic()
-        while thread.is_alive():
-            thread.join(timeout=1.0)
-            downloaded = sum(1 for ln in lines if ln.startswith("go: downloading"))
-            progress.tick(
-                f"go install kwok: {downloaded} modules downloaded, "
-                f"{len(lines) - downloaded} packages compiled ({time.monotonic() - start:.0f}s)"
-            )
-        rc = proc.wait()
-    if rc != 0:
-        tail = "\n".join(lines[-25:])
-        raise BuildError(f"go install kwok failed (exit {rc}); full log: {log}\n{tail}")
